@@ -1,0 +1,44 @@
+# Two commands for a fresh machine: `make run` (set up + classify the bundled sample with the
+# embedded soi-mini) and `make test` (set up + run the whole test suite).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export AXOLOTL_DO_NOT_TRACK := 1
+export SPARK_LOCAL_IP := 127.0.0.1
+export TOKENIZERS_PARALLELISM := false
+export RAY_USAGE_STATS_ENABLED := 0
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: setup setup-dev run test bench clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+# torch first, pinned: that CPU wheel is on disk here; any other torch spec pulls CUDA builds.
+$(VENV)/.core: $(VENV)/bin/python pyproject.toml
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e .
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.core
+	$(PIP) install -q -e '.[spark,train,dev]'
+	touch $@
+
+setup: $(VENV)/.core
+setup-dev: $(VENV)/.dev
+
+run: setup
+	$(VENV)/bin/soi-batch classify soi_batch/data/osha_sir_sample.csv out/sample --overwrite
+
+test: setup-dev
+	$(PY) -m pytest -q -p no:cacheprovider
+
+bench: setup-dev
+	$(PY) bench/cpu_throughput.py
+
+clean:
+	rm -rf out .pytest_cache

@@ -1,0 +1,183 @@
+"""Model bundles: one directory holding everything an engine needs.
+
+Layout::
+
+    BUNDLE/
+      config.json             Hugging Face model config (a causal LM, e.g. MistralForCausalLM)
+      model.safetensors       weights (or sharded *.safetensors + index); never pickle
+      tokenizer.json, tokenizer_config.json, special_tokens_map.json ...
+      soi_model.json          the manifest below
+      README.md               the model card (optional)
+
+The manifest carries the label set, the prompt template and its hash, the calibration, the
+training data fingerprint, evaluation metrics and how the bundle was built.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from soi_batch.errors import BundleError
+from soi_batch.prompt import PromptTemplate
+from soi_batch.taxonomy import TAXONOMY_VERSION, Taxonomy, load_taxonomy
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "soi_model.json"
+FORMAT_VERSION = 1
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
+EMBEDDED_DEFAULT = Path(__file__).parent / "models" / "soi-mini"
+
+
+class Calibration(BaseModel):
+    temperature: float = Field(1.0, gt=0)
+    """Every step's logits are divided by this before the trie softmax."""
+    review_threshold: float = Field(0.0, ge=0, le=1)
+    """Rows whose ``review_level`` confidence is below this get ``needs_review``."""
+    review_level: str = "division"
+    review_target_accuracy: float | None = None
+    """The validation accuracy of the auto-coded part the threshold was chosen for."""
+    fitted_on: str | None = None
+
+
+class Manifest(BaseModel):
+    format_version: int = FORMAT_VERSION
+    model_id: str
+    model_version: str
+    taxonomy_version: str = TAXONOMY_VERSION
+    label_level: str = "oiics-source-major_group..detail"
+    labels: list[str]
+    prompt: dict[str, Any]
+    prompt_sha256: str
+    calibration: Calibration = Calibration()
+    data_fingerprint: str | None = None
+    metrics: dict[str, Any] = {}
+    training: dict[str, Any] = {}
+    created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+
+class ModelBundle:
+    """A validated bundle directory; weights are loaded by an engine, not here."""
+
+    def __init__(self, path: Path, manifest: Manifest) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.prompt = PromptTemplate.from_dict(manifest.prompt)
+        self.taxonomy: Taxonomy = load_taxonomy().with_labels(manifest.labels)
+
+    @property
+    def model_id(self) -> str:
+        return f"{self.manifest.model_id}@{self.manifest.model_version}"
+
+    @property
+    def calibration(self) -> Calibration:
+        return self.manifest.calibration
+
+    def __repr__(self) -> str:
+        return f"ModelBundle({self.model_id!r}, path={str(self.path)!r})"
+
+
+def resolve_model(model: str | Path | None) -> Path:
+    """A local bundle directory for ``model``: the embedded soi-mini, a path, or a hub id.
+
+    Hub ids (``org/name``) are fetched with ``huggingface_hub.snapshot_download`` restricted
+    to safetensors, JSON and tokenizer files (honours ``HF_HUB_OFFLINE``).
+    """
+    if model is None:
+        return EMBEDDED_DEFAULT
+    path = Path(model).expanduser()
+    if path.exists():
+        return path.resolve()
+    text = str(model)
+    if text.count("/") == 1 and not text.startswith((".", "/", "~")):
+        from huggingface_hub import snapshot_download
+
+        try:
+            return Path(
+                snapshot_download(
+                    text,
+                    allow_patterns=["*.safetensors", "*.json", "tokenizer.model", "*.md", "*.txt"],
+                )
+            )
+        except Exception as exc:  # network, auth, offline mode: say which model and why
+            raise BundleError(f"cannot fetch model {text!r} from the hub: {exc}") from exc
+    raise BundleError(f"model {text!r} is not a directory and not a hub id (org/name)")
+
+
+def load_bundle(model: str | Path | None = None) -> ModelBundle:
+    """Validate a bundle directory before any weights are read.
+
+    Raises :class:`BundleError` naming the missing or unsafe file and the fix.
+    """
+    path = resolve_model(model)
+    if not path.is_dir():
+        raise BundleError(f"{path}: not a directory; pass a model bundle directory (see README 'Model bundle')")
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise BundleError(
+            f"{path}: no {MANIFEST}; this is not a soi-batch bundle. Build one with "
+            "`soi-batch package` (README 'Training')"
+        )
+    pickles = sorted(p.name for p in path.iterdir() if p.suffix in _PICKLE_SUFFIXES)
+    if pickles:
+        raise BundleError(
+            f"{path}: pickle weight files {pickles} are refused (they can run code when loaded); "
+            "convert them to safetensors and delete them"
+        )
+    if not any(path.glob("*.safetensors")):
+        raise BundleError(f"{path}: no *.safetensors weights found")
+    if not (path / "config.json").is_file():
+        raise BundleError(f"{path}: config.json missing")
+    if not any((path / name).is_file() for name in _TOKENIZER_FILES):
+        raise BundleError(f"{path}: no tokenizer (expected one of {list(_TOKENIZER_FILES)})")
+    try:
+        manifest = Manifest.model_validate_json(manifest_path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise BundleError(f"{manifest_path}: invalid manifest: {exc}") from exc
+    if manifest.format_version != FORMAT_VERSION:
+        raise BundleError(
+            f"{manifest_path}: format_version {manifest.format_version}, this soi-batch reads {FORMAT_VERSION}"
+        )
+    prompt = PromptTemplate.from_dict(manifest.prompt)
+    if prompt.sha256 != manifest.prompt_sha256:
+        raise BundleError(
+            f"{manifest_path}: prompt_sha256 does not match the stored prompt template "
+            "(the template was edited after training); re-package the bundle"
+        )
+    bundle = ModelBundle(path, manifest)
+    log.info("model bundle %s from %s (%d labels)", bundle.model_id, path, len(manifest.labels))
+    return bundle
+
+
+def write_manifest(path: str | Path, manifest: Manifest) -> Path:
+    """Write ``soi_model.json`` into a bundle directory."""
+    out = Path(path) / MANIFEST
+    out.write_text(json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n", encoding="utf-8")
+    return out
+
+
+def new_manifest(
+    *,
+    model_id: str,
+    model_version: str,
+    prompt: PromptTemplate,
+    taxonomy: Taxonomy | None = None,
+    **fields: Any,
+) -> Manifest:
+    """A manifest for a freshly trained model, with the label set and prompt filled in."""
+    taxonomy = taxonomy or load_taxonomy()
+    return Manifest(
+        model_id=model_id,
+        model_version=model_version,
+        labels=list(taxonomy.labels),
+        prompt=prompt.to_dict(),
+        prompt_sha256=prompt.sha256,
+        **fields,
+    )

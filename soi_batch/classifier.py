@@ -1,0 +1,249 @@
+"""One report's path: text → prompt ids (encoding) → engine + trie scorer → result columns.
+
+:class:`Classifier` is the stage every front end wraps: the CLI, the Ray Data actors, the
+Spark ``classify_df`` UDF and the nightly job all call :meth:`Classifier.classify_table` on
+Arrow batches.  It has no Ray or Spark in it, so it runs and tests on a plain list of texts.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from soi_batch.bundle import ModelBundle, load_bundle
+from soi_batch.encoding import EncodedReport, PromptEncoder
+from soi_batch.engines.base import Engine
+from soi_batch.errors import ConfigError, InputSchemaError
+from soi_batch.schema import PROBABILITIES_SCHEMA, RESULT_SCHEMA
+from soi_batch.scorer import LabelScorer, LabelTrie, PathSteps, ScoreBatch, ScorerConfig
+
+log = logging.getLogger(__name__)
+EngineName = Literal["auto", "hf", "vllm"]
+_MIN_MAJOR_GROUP_PROB = 1e-6
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    engine: EngineName = "auto"
+    """"hf" (transformers, CPU or GPU), "vllm" (GPU), "auto": vllm if a GPU and vLLM are there, else hf."""
+    batch_size: int = 64
+    """Reports per engine call (the HF engine pads within a batch; batches are length-sorted)."""
+    top_k: int = 3
+    beam: int | None = 3
+    """Major groups / groups expanded per report beyond the greedy path; None expands all."""
+    temperature: float | None = None
+    """Override the bundle's calibration temperature (None: use the bundle's)."""
+    device: str = "auto"
+    max_prompt_tokens: int | None = None
+    """Prompts longer than this are cut (narrative end) and flagged ``truncated``."""
+    engine_options: dict[str, Any] = field(default_factory=dict)
+    """Extra engine settings, e.g. {"quantization": "fp8"} for vLLM, {"num_threads": 2} for hf."""
+
+    def __post_init__(self) -> None:
+        if self.engine not in ("auto", "hf", "vllm"):
+            raise ConfigError(f"engine must be one of auto, hf, vllm; got {self.engine!r}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be ≥ 1, got {self.batch_size}")
+        if not 1 <= self.top_k <= 50:
+            raise ConfigError(f"top_k must be between 1 and 50, got {self.top_k}")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    code: str | None
+    title: str | None
+    confidence: float | None
+    division_code: str | None
+    division_confidence: float | None
+    major_group_code: str | None
+    major_group_confidence: float | None
+    top_k: list[tuple[str, float]]
+    division_probs: dict[str, float]
+    major_group_probs: dict[str, float]
+    needs_review: bool | None
+    truncated: bool
+    error: str | None
+
+
+def build_engine(bundle: ModelBundle, encoder_prefix: Sequence[int], label_token_ids: Sequence[int],
+                 config: ClassifierConfig) -> Engine:
+    """The engine ``config.engine`` names, loaded from ``bundle``."""
+    name = config.engine
+    if name == "auto":
+        name = "vllm" if _vllm_usable() else "hf"
+    if name == "vllm":
+        from soi_batch.engines.vllm_engine import VLLMEngine, VLLMEngineConfig
+
+        return VLLMEngine(bundle, encoder_prefix, label_token_ids, VLLMEngineConfig(**config.engine_options))
+    from soi_batch.engines.hf import HFEngine, HFEngineConfig
+
+    return HFEngine(bundle, encoder_prefix, label_token_ids, HFEngineConfig(device=config.device, **config.engine_options))
+
+
+def _vllm_usable() -> bool:
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+class Classifier:
+    """A loaded model bundle + engine; classifies texts or Arrow tables."""
+
+    def __init__(self, bundle: ModelBundle, config: ClassifierConfig = ClassifierConfig()) -> None:
+        self.bundle = bundle
+        self.config = config
+        self.taxonomy = bundle.taxonomy
+        limit = config.max_prompt_tokens or 512
+        self.encoder = PromptEncoder(bundle, max_prompt_tokens=limit)
+        self.engine = build_engine(bundle, self.encoder.shared_prefix_ids, self.encoder.label_token_ids, config)
+        self.encoder.max_prompt_tokens = min(limit, self.engine.max_prompt_tokens)
+        self.trie = LabelTrie(self.taxonomy.labels)
+        temperature = config.temperature or bundle.calibration.temperature
+        self.scorer = LabelScorer(self.engine, self.trie, ScorerConfig(beam=config.beam, temperature=temperature))
+        self._node_titles = [self.taxonomy.titles.get(p) for p in self.trie.nodes]
+        log.info("classifier ready: %s, engine %s, temperature %.3f, review threshold %.3f (%s)",
+                 bundle.model_id, self.engine.name, temperature, bundle.calibration.review_threshold,
+                 bundle.calibration.review_level)
+
+    @classmethod
+    def load(cls, model: str | Path | None = None, config: ClassifierConfig = ClassifierConfig()) -> "Classifier":
+        """Load a bundle (None: the embedded soi-mini; a directory; or a hub id) and its engine."""
+        return cls(load_bundle(model), config)
+
+    @property
+    def model_id(self) -> str:
+        return self.bundle.model_id
+
+    # --- scoring -------------------------------------------------------------------------
+    def _score_encoded(self, encoded: Sequence[EncodedReport]) -> tuple[list[int], ScoreBatch | None, list[str | None]]:
+        """Score the rows that have ids, in length-sorted batches; returns (rows, scores, errors)."""
+        errors = [e.error for e in encoded]
+        rows = [i for i, e in enumerate(encoded) if e.ids is not None]
+        rows.sort(key=lambda i: len(encoded[i].ids or ()))
+        parts: list[tuple[list[int], ScoreBatch]] = []
+        for start in range(0, len(rows), self.config.batch_size):
+            chunk = rows[start : start + self.config.batch_size]
+            try:
+                parts.append((chunk, self.scorer.score([encoded[i].ids for i in chunk])))
+            except Exception as exc:  # isolate the failing row(s); never lose the batch
+                log.warning("batch of %d failed (%s); scoring its rows one by one", len(chunk), exc)
+                for i in chunk:
+                    try:
+                        parts.append(([i], self.scorer.score([encoded[i].ids])))
+                    except Exception as row_exc:  # noqa: BLE001 - reported per row
+                        errors[i] = f"scoring failed: {type(row_exc).__name__}: {row_exc}"
+        scored_rows = [i for chunk, _ in parts for i in chunk]
+        if not parts:
+            return [], None, errors
+        merged = ScoreBatch(
+            self.trie,
+            np.concatenate([b.path_logp for _, b in parts]),
+            np.concatenate([b.label_logp for _, b in parts]),
+            np.concatenate([b.division for _, b in parts]),
+            np.concatenate([b.major_group for _, b in parts]),
+            np.concatenate([b.code for _, b in parts]),
+        )
+        return scored_rows, merged, errors
+
+    def classify_texts(self, texts: Sequence[object]) -> list[Prediction]:
+        column = pa.array([t if isinstance(t, str) else None for t in texts], type=pa.string())
+        table = self.classify_table(pa.table({"text": column}), text_col="text", keep_probabilities=True)
+        out = []
+        for row in table.to_pylist():
+            out.append(Prediction(
+                code=row["source_code"], title=row["source_title"], confidence=row["confidence"],
+                division_code=row["division_code"], division_confidence=row["division_confidence"],
+                major_group_code=row["major_group_code"], major_group_confidence=row["major_group_confidence"],
+                top_k=[(t["code"], t["prob"]) for t in row["top_k"] or []],
+                division_probs=dict(row["division_probs"] or []),
+                major_group_probs=dict(row["major_group_probs"] or []),
+                needs_review=row["needs_review"], truncated=bool(row["truncated"]), error=row["error"],
+            ))
+        return out
+
+    def classify_table(self, table: pa.Table, *, text_col: str, run_id: str | None = None,
+                       keep_probabilities: bool = False) -> pa.Table:
+        """``table`` with the result columns of :data:`soi_batch.schema.RESULT_SCHEMA` appended."""
+        if text_col not in table.column_names:
+            raise InputSchemaError(f"text column {text_col!r} not found; columns are {table.column_names}")
+        texts = table.column(text_col).to_pylist()
+        encoded = self.encoder.encode(texts)
+        rows, scores, errors = self._score_encoded(encoded)
+        columns = self._result_columns(len(texts), rows, scores, errors, encoded, run_id or uuid.uuid4().hex,
+                                       keep_probabilities)
+        for name, column in columns.items():
+            if name in table.column_names:
+                table = table.drop_columns([name])
+            table = table.append_column(name, column)
+        return table
+
+    def path_steps(self, texts: Sequence[str], codes: Sequence[str]) -> list[PathSteps]:
+        """The engine's scores along each text's true code path (for temperature fitting)."""
+        encoded = self.encoder.encode(texts)
+        bad = [i for i, e in enumerate(encoded) if e.ids is None]
+        if bad:
+            raise InputSchemaError(f"rows {bad[:5]} have no usable text; drop them before calibration")
+        out: list[PathSteps] = []
+        for start in range(0, len(texts), self.config.batch_size):
+            chunk = range(start, min(start + self.config.batch_size, len(texts)))
+            out += self.scorer.path_steps([encoded[i].ids for i in chunk], [codes[i] for i in chunk])
+        return out
+
+    # --- result columns --------------------------------------------------------------------
+    def _result_columns(self, n: int, rows: list[int], scores: ScoreBatch | None, errors: list[str | None],
+                        encoded: Sequence[EncodedReport], run_id: str,
+                        keep_probabilities: bool) -> dict[str, pa.Array]:
+        trie, nodes, titles = self.trie, self.trie.nodes, self._node_titles
+        cols: dict[str, list[Any]] = {name: [None] * n for name in RESULT_SCHEMA.names}
+        probs: dict[str, list[Any]] = {name: [None] * n for name in PROBABILITIES_SCHEMA.names}
+        cal = self.bundle.calibration
+        if scores is not None:
+            r = np.arange(len(rows))
+            div_p = np.exp(scores.path_logp[r, scores.division])
+            mg_p = np.exp(scores.path_logp[r, scores.major_group])
+            code_p = np.exp(scores.label_logp[r, scores.code])
+            review_p = {"division": div_p, "major_group": mg_p}.get(cal.review_level, code_p)
+            label_p = np.exp(scores.label_logp[:, trie.labels])
+            k = min(self.config.top_k, trie.labels.size)
+            top = np.argsort(-label_p, axis=1)[:, :k]
+            div_all = np.exp(scores.path_logp[:, trie.divisions])
+            mg_all = np.exp(scores.path_logp[:, trie.major_groups])
+            for j, i in enumerate(rows):
+                c, d, m = scores.code[j], scores.division[j], scores.major_group[j]
+                cols["source_code"][i], cols["source_title"][i] = nodes[c], titles[c]
+                cols["confidence"][i] = float(code_p[j])
+                cols["division_code"][i], cols["division_title"][i] = nodes[d], titles[d]
+                cols["division_confidence"][i] = float(div_p[j])
+                cols["major_group_code"][i], cols["major_group_title"][i] = nodes[m], titles[m]
+                cols["major_group_confidence"][i] = float(mg_p[j])
+                cols["top_k"][i] = [
+                    {"code": nodes[trie.labels[t]], "title": titles[trie.labels[t]], "prob": float(label_p[j, t])}
+                    for t in top[j] if label_p[j, t] > 0
+                ]
+                cols["needs_review"][i] = bool(review_p[j] < cal.review_threshold)
+                if keep_probabilities:
+                    probs["division_probs"][i] = [(nodes[x], float(p)) for x, p in zip(trie.divisions, div_all[j])]
+                    probs["major_group_probs"][i] = [
+                        (nodes[x], float(p)) for x, p in zip(trie.major_groups, mg_all[j]) if p >= _MIN_MAJOR_GROUP_PROB
+                    ]
+        now = datetime.now(timezone.utc)
+        cols["truncated"] = [e.truncated for e in encoded]
+        cols["error"] = errors
+        cols["model_id"] = [self.model_id] * n
+        cols["run_id"] = [run_id] * n
+        cols["classified_at"] = [now] * n
+        out = {f.name: pa.array(cols[f.name], type=f.type) for f in RESULT_SCHEMA}
+        if keep_probabilities:
+            out.update({f.name: pa.array(probs[f.name], type=f.type) for f in PROBABILITIES_SCHEMA})
+        return out

@@ -1,0 +1,102 @@
+"""Reports → prompt token ids, and the token ids of the label alphabet (digits + EOS).
+
+Every engine tokenises through this one class, so the prompt the model sees at inference is
+exactly the one it was trained on (the template comes from the bundle).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from soi_batch.bundle import ModelBundle
+from soi_batch.errors import BundleError, TokenizerError
+from soi_batch.prompt import normalize_narrative
+
+_PROBE = "A worker was struck by a forklift."
+
+
+@dataclass(frozen=True)
+class EncodedReport:
+    ids: list[int] | None
+    """Prompt token ids, or None when the report has no usable text."""
+    truncated: bool = False
+    error: str | None = None
+
+
+class PromptEncoder:
+    """Tokenises reports with the bundle's tokenizer and prompt template.
+
+    On construction it checks the label contract: each digit after the prompt is one token,
+    digits never merge with each other or with the prompt's last token, and the tokenizer
+    has an EOS token.  A tokenizer that breaks it raises :class:`TokenizerError`.
+    """
+
+    def __init__(self, bundle: ModelBundle, *, max_prompt_tokens: int) -> None:
+        from transformers import AutoTokenizer
+
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(str(bundle.path), trust_remote_code=False)
+        except (OSError, ValueError) as exc:
+            raise BundleError(f"{bundle.path}: cannot load the tokenizer: {exc}") from exc
+        self.template = bundle.prompt
+        self.max_prompt_tokens = max_prompt_tokens
+        self.label_token_ids = self._label_token_ids()
+        self.shared_prefix_ids: list[int] = self._ids(self.template.shared_prefix)
+        probe = self._ids(self.template.render(_PROBE))
+        head = self._ids(self.template.shared_prefix + _PROBE)
+        if probe[: len(head)] != head:
+            raise TokenizerError(
+                f"{bundle.path}: the tokenizer merges the narrative's end with the prompt suffix; "
+                "long narratives could not be truncated safely"
+            )
+        self.suffix_ids: list[int] = probe[len(head) :]
+
+    def _ids(self, text: str) -> list[int]:
+        return list(self.tokenizer(text).input_ids)
+
+    def _label_token_ids(self) -> tuple[int, ...]:
+        eos = self.tokenizer.eos_token_id
+        if eos is None:
+            raise TokenizerError("the bundle's tokenizer has no EOS token; labels end with EOS")
+        prompt = self.template.render(_PROBE)
+        base = self._ids(prompt)
+        digit_ids = []
+        for digit in "0123456789":
+            ids = self._ids(prompt + digit)
+            if ids[:-1] != base or len(ids) != len(base) + 1:
+                raise TokenizerError(
+                    f"digit {digit!r} after the prompt is not exactly one new token; "
+                    "soi-batch needs a tokenizer that splits digits (as Mistral/Llama do)"
+                )
+            digit_ids.append(ids[-1])
+        for run in ("0123456789", "9876543210", "8621", "9999"):
+            expected = base + [digit_ids[int(d)] for d in run]
+            if self._ids(prompt + run) != expected:
+                raise TokenizerError(
+                    f"the tokenizer merges the digits of {run!r}; soi-batch needs one token per digit"
+                )
+        return (*digit_ids, int(eos))
+
+    def encode(self, texts: Sequence[object]) -> list[EncodedReport]:
+        """One :class:`EncodedReport` per text; nulls and blank texts get ``error`` set."""
+        out: list[EncodedReport | None] = [None] * len(texts)
+        todo: list[tuple[int, str, bool]] = []
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                out[i] = EncodedReport(None, error="text is null" if text is None else "text is not a string")
+                continue
+            narrative, truncated = normalize_narrative(text, self.template.max_input_chars)
+            if not narrative:
+                out[i] = EncodedReport(None, error="text is empty")
+            else:
+                todo.append((i, narrative, truncated))
+        if todo:
+            batch = self.tokenizer([self.template.render(n) for _, n, _ in todo]).input_ids
+            for (i, _, truncated), ids in zip(todo, batch):
+                ids = list(ids)
+                if len(ids) > self.max_prompt_tokens:
+                    ids = ids[: self.max_prompt_tokens - len(self.suffix_ids)] + self.suffix_ids
+                    truncated = True
+                out[i] = EncodedReport(ids, truncated=truncated)
+        return out  # type: ignore[return-value]

@@ -1,0 +1,190 @@
+"""Hugging Face transformers engine (CPU or GPU).
+
+* The template text every prompt shares is run once; its KV cache is broadcast to each batch.
+* Each batch runs only the report-specific tail, left-padded *after* the shared prefix.
+* Label branches are appended to the same KV cache with a tree attention mask: a branch
+  token attends to its report's prompt and its own ancestors only, so the 9 division
+  digits (or a beam of deeper codes) are scored in one forward pass with no cache copies.
+* Only the eleven label rows of the LM head are applied, at the positions that are needed.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Literal, Sequence
+
+import numpy as np
+
+from soi_batch.bundle import ModelBundle
+from soi_batch.engines.base import Engine
+from soi_batch.errors import BundleError, ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class HFEngineConfig:
+    device: str = "auto"
+    """"auto" (CUDA if available, else CPU), "cpu", "cuda", "cuda:1" ..."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """"auto": bfloat16 on GPU, float32 on CPU."""
+    num_threads: int | None = None
+    """torch intra-op threads on CPU (None: torch's default)."""
+
+
+@dataclass
+class _Batch:
+    cache: Any
+    valid: Any
+    """[n, prompt_len] bool: which prompt KV slots hold real tokens (False: padding)."""
+    last_pos: Any
+    """[n] position id of each prompt's last token."""
+    kv_len: int
+    """KV slots in the cache: the prompt's, then label branch tokens appended by extend()."""
+    slots: dict[tuple[int, tuple[int, ...]], int] = field(default_factory=dict)
+    """(row, label prefix) → KV slot of that prefix's last token."""
+
+
+class HFEngine(Engine):
+    def __init__(self, bundle: ModelBundle, shared_prefix_ids: Sequence[int], label_token_ids: Sequence[int],
+                 config: HFEngineConfig = HFEngineConfig()) -> None:
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        self._torch = torch
+        if config.device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        else:
+            device = config.device
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"device {config.device!r} asked for but torch sees no CUDA GPU; use device='cpu'")
+        dtype_name = config.dtype if config.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
+        if config.num_threads and device == "cpu":
+            torch.set_num_threads(config.num_threads)
+        self.device = torch.device(device)
+        self.dtype = getattr(torch, dtype_name)
+        try:
+            model_config = AutoConfig.from_pretrained(str(bundle.path), trust_remote_code=False)
+            self.model = AutoModelForCausalLM.from_pretrained(
+                str(bundle.path),
+                config=model_config,
+                dtype=self.dtype,
+                use_safetensors=True,
+                trust_remote_code=False,
+                attn_implementation="sdpa",
+            ).to(self.device).eval()
+        except (OSError, ValueError) as exc:
+            raise BundleError(f"{bundle.path}: cannot load the model weights: {exc}") from exc
+        self.label_token_ids = tuple(int(t) for t in label_token_ids)
+        head = self.model.get_output_embeddings().weight
+        self._label_head = head[list(self.label_token_ids)].detach().clone()
+        bias = getattr(self.model.get_output_embeddings(), "bias", None)
+        self._label_bias = None if bias is None else bias[list(self.label_token_ids)].detach().clone()
+        self._decoder = self.model.base_model
+        self._max_positions = int(getattr(model_config, "max_position_embeddings", 2048))
+        self._prefix_ids = list(shared_prefix_ids)
+        self._prefix_kv = self._run_prefix()
+        log.info("HF engine: %s on %s (%s), shared prefix %d tokens",
+                 type(self.model).__name__, self.device, dtype_name, len(self._prefix_ids))
+
+    @property
+    def max_prompt_tokens(self) -> int:
+        return self._max_positions - 8
+
+    def _new_cache(self) -> Any:
+        from transformers import DynamicCache
+
+        return DynamicCache(config=self.model.config)
+
+    def _run_prefix(self) -> list[tuple[Any, Any]]:
+        torch = self._torch
+        cache = self._new_cache()
+        ids = torch.tensor([self._prefix_ids], device=self.device)
+        with torch.inference_mode():
+            self._decoder(input_ids=ids, past_key_values=cache, use_cache=True)
+        return [(layer.keys, layer.values) for layer in cache.layers]
+
+    def _label_scores(self, hidden: Any) -> np.ndarray:
+        out = hidden.to(self._label_head.dtype) @ self._label_head.T
+        if self._label_bias is not None:
+            out = out + self._label_bias
+        return out.float().cpu().numpy()
+
+    def prefill(self, prompts: Sequence[Sequence[int]]) -> tuple[_Batch, np.ndarray]:
+        torch = self._torch
+        p = len(self._prefix_ids)
+        if any(list(ids[:p]) != self._prefix_ids for ids in prompts):
+            raise ValueError("every prompt must start with the shared template prefix")
+        n = len(prompts)
+        tails = [list(ids[p:]) for ids in prompts]
+        width = max(len(t) for t in tails)
+        tail_ids = torch.zeros((n, width), dtype=torch.long)
+        tail_valid = torch.zeros((n, width), dtype=torch.bool)
+        for i, t in enumerate(tails):
+            tail_ids[i, width - len(t):] = torch.tensor(t)
+            tail_valid[i, width - len(t):] = True
+        valid = torch.cat([torch.ones((n, p), dtype=torch.bool), tail_valid], dim=1).to(self.device)
+        tail_valid = tail_valid.to(self.device)
+        positions = p + tail_valid.long().cumsum(dim=1) - 1
+        causal = torch.ones((width, p + width), dtype=torch.bool, device=self.device).tril(diagonal=p)
+        mask = (valid[:, None, :] & causal[None]).unsqueeze(1)
+        cache = self._new_cache()
+        for layer, (k, v) in enumerate(self._prefix_kv):
+            cache.update(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1), layer)
+        with torch.inference_mode():
+            hidden = self._decoder(
+                input_ids=tail_ids.to(self.device), attention_mask=mask, position_ids=positions.clamp(min=0),
+                past_key_values=cache, use_cache=True,
+            ).last_hidden_state[:, -1]
+        batch = _Batch(cache=cache, valid=valid, last_pos=positions[:, -1], kv_len=p + width)
+        return batch, self._label_scores(hidden)
+
+    def extend(self, handle: _Batch, rows: np.ndarray, prefixes: Sequence[Sequence[int]]) -> np.ndarray:
+        """Append each branch's missing prefix tokens to its report's sequence and score them."""
+        torch = self._torch
+        if len(rows) == 0:
+            raise ValueError("extend() needs at least one branch")
+        n, s_old = handle.valid.shape[0], handle.kv_len
+        new_tokens: dict[int, list[tuple[int, ...]]] = {}
+        for row, prefix in zip(rows.tolist(), prefixes):
+            need = new_tokens.setdefault(row, [])
+            for end in range(1, len(prefix) + 1):
+                key = tuple(prefix[:end])
+                if (row, key) not in handle.slots and key not in need:
+                    need.append(key)
+        width = max(len(v) for v in new_tokens.values())
+        if width == 0:
+            raise ValueError("extend() was asked only for prefixes scored earlier; ask each prefix once")
+        ids = np.zeros((n, width), dtype=np.int64)
+        pos = np.repeat(handle.last_pos.cpu().numpy()[:, None], width, axis=1)
+        m_rows, m_cols, m_slots = [], [], []
+        for row, keys in new_tokens.items():
+            for j, key in enumerate(keys):
+                handle.slots[(row, key)] = s_old + j
+                ids[row, j] = key[-1]
+                pos[row, j] += len(key)
+                for end in range(1, len(key)):
+                    m_rows.append(row)
+                    m_cols.append(j)
+                    m_slots.append(handle.slots[(row, key[:end])])
+        mask = torch.zeros((n, width, s_old + width), dtype=torch.bool, device=self.device)
+        mask[:, :, : handle.valid.shape[1]] = handle.valid[:, None, :]
+        mask[:, torch.arange(width), s_old + torch.arange(width)] = True
+        if m_rows:
+            mask[torch.tensor(m_rows), torch.tensor(m_cols), torch.tensor(m_slots)] = True
+        with torch.inference_mode():
+            hidden = self._decoder(
+                input_ids=torch.from_numpy(ids).to(self.device), attention_mask=mask.unsqueeze(1),
+                position_ids=torch.from_numpy(pos).to(self.device), past_key_values=handle.cache, use_cache=True,
+            ).last_hidden_state
+        handle.kv_len += width
+        cols = [handle.slots[(row, tuple(prefix))] - s_old for row, prefix in zip(rows.tolist(), prefixes)]
+        if min(cols) < 0:
+            raise ValueError("extend() was asked for a prefix scored earlier; ask each prefix once")
+        picked = hidden[torch.from_numpy(np.asarray(rows)).to(self.device), torch.tensor(cols, device=self.device)]
+        return self._label_scores(picked)
+
+    def release(self, handle: _Batch) -> None:
+        handle.cache = None
+        handle.slots.clear()

@@ -1,0 +1,131 @@
+"""Ray Data pipeline: read → classify (one model per actor) → write, streaming.
+
+``classify_dataset`` adds the result columns to any Ray Dataset with ``map_batches`` over an
+actor class, so each actor loads the model once and keeps it.  On GPU clusters each actor
+takes one GPU (``num_gpus=1``) and the pool has one actor per GPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from soi_batch.classifier import Classifier, ClassifierConfig
+from soi_batch.errors import ConfigError
+from soi_batch.io import InputSpec, OutputFormat, csv_options
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    num_actors: int | None = None
+    """Actors in the pool. None: one per GPU when the engine uses GPUs, else 1."""
+    gpus_per_actor: float | None = None
+    """None: 1 when the cluster has GPUs and the engine is not forced to CPU, else 0."""
+    cpus_per_actor: float = 1.0
+    """Ray CPU resources each actor reserves (leave some for the read and write tasks)."""
+    torch_threads: int | None = None
+    """torch threads in each CPU actor (None: this machine's cores / actors)."""
+    batch_size: int = 512
+    """Rows per map_batches call (the classifier sub-batches these for the engine)."""
+    max_restarts: int = 3
+    """Restarts of a dead actor; its in-flight batches are retried (max_task_retries)."""
+
+
+class ClassifyBatch:
+    """Ray Data actor: one :class:`Classifier` per actor, Arrow batch in → Arrow batch out."""
+
+    def __init__(self, model: str | None, config: ClassifierConfig, text_col: str, run_id: str,
+                 keep_probabilities: bool, torch_threads: int | None) -> None:
+        if torch_threads:
+            import torch
+
+            torch.set_num_threads(torch_threads)
+        self.classifier = Classifier.load(model, config)
+        self.text_col = text_col
+        self.run_id = run_id
+        self.keep_probabilities = keep_probabilities
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return self.classifier.classify_table(batch, text_col=self.text_col, run_id=self.run_id,
+                                              keep_probabilities=self.keep_probabilities)
+
+
+def _cluster_gpus() -> int:
+    import ray
+
+    return int(ray.cluster_resources().get("GPU", 0))
+
+
+def classify_dataset(ds: Any, *, text_col: str, model: str | Path | None = None,
+                     config: ClassifierConfig = ClassifierConfig(), run_id: str, keep_probabilities: bool = False,
+                     options: RayOptions = RayOptions()) -> Any:
+    """``ds`` (a ``ray.data.Dataset``) with the result columns appended, lazily.
+
+    Ray must already be initialised (``ray.init()``); this function does not start it.
+    """
+    gpus = options.gpus_per_actor
+    if gpus is None:
+        gpus = 1.0 if _cluster_gpus() > 0 and config.device != "cpu" else 0.0
+    if config.engine == "vllm" and gpus == 0:
+        raise ConfigError("engine 'vllm' needs GPUs; the Ray cluster has none (use engine='hf')")
+    actors = options.num_actors or (max(1, int(_cluster_gpus() // gpus)) if gpus else 1)
+    if gpus and config.device == "auto":
+        config = replace(config, device="cuda")
+    log.info("Ray Data: %d actor(s), %.2g GPU and %.2g CPU each, batches of %d rows",
+             actors, gpus, options.cpus_per_actor, options.batch_size)
+    return ds.map_batches(
+        ClassifyBatch,
+        fn_constructor_kwargs=dict(
+            model=None if model is None else str(model), config=config, text_col=text_col, run_id=run_id,
+            keep_probabilities=keep_probabilities,
+            torch_threads=None if gpus else (options.torch_threads or max(1, (os.cpu_count() or 1) // actors)),
+        ),
+        batch_format="pyarrow",
+        batch_size=options.batch_size,
+        concurrency=actors,
+        num_gpus=gpus,
+        num_cpus=options.cpus_per_actor,
+        max_restarts=options.max_restarts,
+        max_task_retries=options.max_restarts,
+    )
+
+
+def read_reports(spec: InputSpec, *, override_num_blocks: int | None = None) -> Any:
+    """A ``ray.data.Dataset`` over a validated input (see :func:`soi_batch.io.inspect_input`)."""
+    import ray.data
+
+    if spec.format == "csv":
+        read, parse, convert = csv_options(spec)
+        return ray.data.read_csv(spec.path, read_options=read, parse_options=parse, convert_options=convert,
+                                 override_num_blocks=override_num_blocks)
+    if spec.format == "delta":
+        return ray.data.read_delta(spec.path, override_num_blocks=override_num_blocks)
+    return ray.data.read_parquet(spec.path, override_num_blocks=override_num_blocks)
+
+
+def write_results(ds: Any, path: str | Path, *, fmt: OutputFormat) -> None:
+    """Write a classified dataset: a directory of Parquet files, or a Delta table (appended)."""
+    if fmt == "delta":
+        ds.write_delta(str(path), mode="append")
+    else:
+        ds.write_parquet(str(path))
+
+
+def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None:
+    """Start local Ray (no dashboard) or connect to ``address``; a no-op when already running."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=True,
+                 configure_logging=True, logging_level=logging.WARNING)

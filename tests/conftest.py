@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("AXOLOTL_DO_NOT_TRACK", "1")
+os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from training.split import read_osha_sir  # noqa: E402
+
+from tests.tiny import build_tiny_bundle  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def osha() -> pd.DataFrame:
+    """The bundled OSHA SIR 2015-2016 rows (cp1252 source, codes as strings)."""
+    return read_osha_sir()
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory, osha: pd.DataFrame) -> Path:
+    texts = osha["Final Narrative"].iloc[:300].tolist()
+    return build_tiny_bundle(tmp_path_factory.mktemp("tiny") / "bundle", texts)
