@@ -26,3 +26,14 @@ def osha() -> pd.DataFrame:
 def tiny_bundle(tmp_path_factory: pytest.TempPathFactory, osha: pd.DataFrame) -> Path:
     texts = osha["Final Narrative"].iloc[:300].tolist()
     return build_tiny_bundle(tmp_path_factory.mktemp("tiny") / "bundle", texts)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One real local Ray for the whole session (2 CPUs, no dashboard)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
