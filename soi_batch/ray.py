@@ -1,7 +1,9 @@
 """Ray Data pipeline: read → classify (one model per actor) → write, streaming.
 
 ``classify_dataset`` adds the result columns to any Ray Dataset with ``map_batches`` over an
-actor class, so each actor loads the model once and keeps it.  On GPU clusters each actor
+actor class, so each actor loads the model once and keeps it.  A dead actor is restarted and
+its in-flight batches are retried (Ray Data's defaults for actor pools); a row that cannot be
+scored comes out with ``error`` set rather than failing the batch.  On GPU clusters each actor
 takes one GPU (``num_gpus=1``) and the pool has one actor per GPU.
 """
 
@@ -34,8 +36,6 @@ class RayOptions:
     """torch threads in each CPU actor (None: this machine's cores / actors)."""
     batch_size: int = 512
     """Rows per map_batches call (the classifier sub-batches these for the engine)."""
-    max_restarts: int = 3
-    """Restarts of a dead actor; its in-flight batches are retried (max_task_retries)."""
 
 
 class ClassifyBatch:
@@ -92,9 +92,7 @@ def classify_dataset(ds: Any, *, text_col: str, model: str | Path | None = None,
         concurrency=actors,
         num_gpus=gpus,
         num_cpus=options.cpus_per_actor,
-        max_restarts=options.max_restarts,
-        max_task_retries=options.max_restarts,
-    )
+    )  # Ray Data's actor pools restart dead actors and retry their batches by default
 
 
 def read_reports(spec: InputSpec, *, override_num_blocks: int | None = None) -> Any:
