@@ -73,7 +73,7 @@ class Prediction:
 
 
 def build_engine(bundle: ModelBundle, encoder_prefix: Sequence[int], label_token_ids: Sequence[int],
-                 config: ClassifierConfig) -> Engine:
+                 config: ClassifierConfig, trie: LabelTrie) -> Engine:
     """The engine ``config.engine`` names, loaded from ``bundle``."""
     name = config.engine
     if name == "auto":
@@ -84,7 +84,9 @@ def build_engine(bundle: ModelBundle, encoder_prefix: Sequence[int], label_token
         return VLLMEngine(bundle, encoder_prefix, label_token_ids, VLLMEngineConfig(**config.engine_options))
     from soi_batch.engines.hf import HFEngine, HFEngineConfig
 
-    return HFEngine(bundle, encoder_prefix, label_token_ids, HFEngineConfig(device=config.device, **config.engine_options))
+    first_digits = [d for d in range(10) if trie.child[0, d] >= 0]
+    return HFEngine(bundle, encoder_prefix, label_token_ids, HFEngineConfig(device=config.device, **config.engine_options),
+                    first_level_digits=first_digits)
 
 
 def _vllm_usable() -> bool:
@@ -106,9 +108,10 @@ class Classifier:
         self.taxonomy = bundle.taxonomy
         limit = config.max_prompt_tokens or 512
         self.encoder = PromptEncoder(bundle, max_prompt_tokens=limit)
-        self.engine = build_engine(bundle, self.encoder.shared_prefix_ids, self.encoder.label_token_ids, config)
-        self.encoder.max_prompt_tokens = min(limit, self.engine.max_prompt_tokens)
         self.trie = LabelTrie(self.taxonomy.labels)
+        self.engine = build_engine(bundle, self.encoder.shared_prefix_ids, self.encoder.label_token_ids, config,
+                                   self.trie)
+        self.encoder.max_prompt_tokens = min(limit, self.engine.max_prompt_tokens)
         temperature = config.temperature or bundle.calibration.temperature
         self.scorer = LabelScorer(self.engine, self.trie, ScorerConfig(beam=config.beam, temperature=temperature))
         self._node_titles = [self.taxonomy.titles.get(p) for p in self.trie.nodes]

@@ -17,7 +17,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 
 from soi_batch.bundle import ModelBundle
-from soi_batch.engines.base import Engine
+from soi_batch.engines.base import N_LABEL_TOKENS, Engine
 from soi_batch.errors import BundleError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -42,13 +42,17 @@ class _Batch:
     """[n] position id of each prompt's last token."""
     kv_len: int
     """KV slots in the cache: the prompt's, then label branch tokens appended by extend()."""
+    first_scores: np.ndarray | None = None
+    """[n, k, 11] scores after each first-level branch token, computed in the prefill pass."""
     slots: dict[tuple[int, tuple[int, ...]], int] = field(default_factory=dict)
     """(row, label prefix) → KV slot of that prefix's last token."""
 
 
 class HFEngine(Engine):
     def __init__(self, bundle: ModelBundle, shared_prefix_ids: Sequence[int], label_token_ids: Sequence[int],
-                 config: HFEngineConfig = HFEngineConfig()) -> None:
+                 config: HFEngineConfig = HFEngineConfig(), *, first_level_digits: Sequence[int] = range(10)) -> None:
+        """``first_level_digits``: the digits a code may start with; their branches are scored
+        in the same forward pass as the prompt (the trie's root children: 1-9 for OIICS)."""
         import torch
         from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -83,6 +87,8 @@ class HFEngine(Engine):
         self._label_bias = None if bias is None else bias[list(self.label_token_ids)].detach().clone()
         self._decoder = self.model.base_model
         self._max_positions = int(getattr(model_config, "max_position_embeddings", 2048))
+        self._first_tokens = [self.label_token_ids[d] for d in first_level_digits]
+        self._first_index = {(tok,): j for j, tok in enumerate(self._first_tokens)}
         self._prefix_ids = list(shared_prefix_ids)
         self._prefix_kv = self._run_prefix()
         log.info("HF engine: %s on %s (%s), shared prefix %d tokens",
@@ -127,24 +133,40 @@ class HFEngine(Engine):
         valid = torch.cat([torch.ones((n, p), dtype=torch.bool), tail_valid], dim=1).to(self.device)
         tail_valid = tail_valid.to(self.device)
         positions = p + tail_valid.long().cumsum(dim=1) - 1
+        # The first label level rides along: k branch tokens after the tail, each attending to
+        # its report's prompt and itself, at the position right after the prompt.
+        k = len(self._first_tokens)
+        ids = torch.cat([tail_ids, torch.tensor([self._first_tokens] * n, dtype=torch.long).reshape(n, k)], 1)
+        positions = torch.cat([positions, positions[:, -1:].expand(n, k) + 1], 1)
+        mask = torch.zeros((n, width + k, p + width + k), dtype=torch.bool, device=self.device)
         causal = torch.ones((width, p + width), dtype=torch.bool, device=self.device).tril(diagonal=p)
-        mask = (valid[:, None, :] & causal[None]).unsqueeze(1)
+        mask[:, :width, : p + width] = valid[:, None, :] & causal[None]
+        mask[:, width:, : p + width] = valid[:, None, :]
+        mask[:, torch.arange(width, width + k), p + width + torch.arange(k)] = True
         cache = self._new_cache()
-        for layer, (k, v) in enumerate(self._prefix_kv):
-            cache.update(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1), layer)
+        for layer, (kk, vv) in enumerate(self._prefix_kv):
+            cache.update(kk.expand(n, -1, -1, -1), vv.expand(n, -1, -1, -1), layer)
         with torch.inference_mode():
             hidden = self._decoder(
-                input_ids=tail_ids.to(self.device), attention_mask=mask, position_ids=positions.clamp(min=0),
-                past_key_values=cache, use_cache=True,
-            ).last_hidden_state[:, -1]
-        batch = _Batch(cache=cache, valid=valid, last_pos=positions[:, -1], kv_len=p + width)
-        return batch, self._label_scores(hidden)
+                input_ids=ids.to(self.device), attention_mask=mask.unsqueeze(1),
+                position_ids=positions.clamp(min=0).to(self.device), past_key_values=cache, use_cache=True,
+            ).last_hidden_state[:, width - 1 :]
+        scores = self._label_scores(hidden)
+        batch = _Batch(cache=cache, valid=valid, last_pos=positions[:, width - 1], kv_len=p + width + k,
+                       first_scores=scores[:, 1:])
+        for row in range(n):
+            for j, tok in enumerate(self._first_tokens):
+                batch.slots[(row, (tok,))] = p + width + j
+        return batch, scores[:, 0]
 
     def extend(self, handle: _Batch, rows: np.ndarray, prefixes: Sequence[Sequence[int]]) -> np.ndarray:
         """Append each branch's missing prefix tokens to its report's sequence and score them."""
         torch = self._torch
         if len(rows) == 0:
             raise ValueError("extend() needs at least one branch")
+        first = [self._first_index.get(tuple(prefix)) for prefix in prefixes]
+        if all(j is not None for j in first):  # scored in the prefill pass already
+            return handle.first_scores[np.asarray(rows), np.asarray(first)]
         n, s_old = handle.valid.shape[0], handle.kv_len
         new_tokens: dict[int, list[tuple[int, ...]]] = {}
         for row, prefix in zip(rows.tolist(), prefixes):
@@ -180,10 +202,18 @@ class HFEngine(Engine):
             ).last_hidden_state
         handle.kv_len += width
         cols = [handle.slots[(row, tuple(prefix))] - s_old for row, prefix in zip(rows.tolist(), prefixes)]
-        if min(cols) < 0:
+        fresh = np.array([c >= 0 for c in cols])
+        if not all(fresh[i] or first[i] is not None for i in range(len(cols))):
             raise ValueError("extend() was asked for a prefix scored earlier; ask each prefix once")
-        picked = hidden[torch.from_numpy(np.asarray(rows)).to(self.device), torch.tensor(cols, device=self.device)]
-        return self._label_scores(picked)
+        out = np.empty((len(cols), N_LABEL_TOKENS), dtype=np.float32)
+        idx = np.flatnonzero(fresh)
+        picked = hidden[torch.from_numpy(np.asarray(rows)[idx]).to(self.device),
+                        torch.tensor([cols[i] for i in idx], device=self.device)]
+        out[idx] = self._label_scores(picked)
+        memo = np.flatnonzero(~fresh)
+        if memo.size:
+            out[memo] = handle.first_scores[np.asarray(rows)[memo], [first[i] for i in memo]]
+        return out
 
     def release(self, handle: _Batch) -> None:
         handle.cache = None
