@@ -25,7 +25,7 @@ $(VENV)/.core: $(VENV)/bin/python pyproject.toml
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.core
-	$(PIP) install -q -e '.[spark,train,dev]'
+	$(PIP) install -q -c training/constraints.txt -e '.[spark,train,dev]'
 	touch $@
 
 setup: $(VENV)/.core
