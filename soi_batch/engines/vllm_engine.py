@@ -1,0 +1,158 @@
+"""vLLM engine (GPU): label-token scores from one-token requests with prefix caching.
+
+How it maps the engine interface onto vLLM 0.26:
+
+* Every score row is one request ``prompt + prefix`` run with ``max_tokens=1`` and
+  ``SamplingParams.logprob_token_ids`` = the 11 label tokens, so vLLM returns the raw
+  log-probabilities (full-vocabulary log-softmax) of exactly those tokens at the next
+  position; no top-k, no vocabulary-sized output crosses into Python.
+* ``enable_prefix_caching`` makes the shared template and each report's prompt reusable
+  by its branch requests (in full KV blocks of ``block_size`` tokens: the prompt's last,
+  partial block is recomputed by each branch).
+* ``prefetch_slots``: the label digits whose one-token branches are sent together with the
+  prompts in ``prefill`` (default: the nine OIICS divisions, which the scorer always
+  expands).  One scheduling pass then runs a report's prompt and its division branches in
+  the same steps, and ``extend`` answers those branches from memory.
+
+vLLM is imported only in the constructor: CPU installs never need it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Literal, Sequence
+
+import numpy as np
+
+from soi_batch.bundle import ModelBundle
+from soi_batch.engines.base import N_LABEL_TOKENS, Engine
+from soi_batch.errors import BundleError, ConfigError
+
+log = logging.getLogger(__name__)
+
+OIICS_DIVISION_SLOTS = tuple(range(1, 10))
+
+
+@dataclass(frozen=True)
+class VLLMEngineConfig:
+    quantization: Literal["fp8"] | None = None
+    """None: the bundle's weights as they are (bf16); "fp8": vLLM's dynamic FP8 (W8A8)."""
+    dtype: str = "bfloat16"
+    max_num_batched_tokens: int = 16384
+    max_num_seqs: int = 1024
+    gpu_memory_utilization: float = 0.9
+    enable_prefix_caching: bool = True
+    enforce_eager: bool = True
+    """True skips torch.compile and CUDA graphs: ~1 minute faster start, ~1 % slower prefill."""
+    max_model_len: int = 2048
+    block_size: int | None = None
+    """KV block size (None: vLLM's default, 16 on Hopper with FlashAttention)."""
+    tensor_parallel_size: int = 1
+    load_format: str = "auto"
+    """"dummy" gives random weights of the bundle's shape (benchmarks only)."""
+    seed: int = 0
+    prefetch_slots: tuple[int, ...] = OIICS_DIVISION_SLOTS
+    """Label slots (digits) scored together with each prompt in ``prefill``; () disables."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Further keyword arguments for ``vllm.LLM`` (e.g. ``attention_backend``)."""
+
+    def __post_init__(self) -> None:
+        if self.quantization not in (None, "fp8"):
+            raise ConfigError(f"quantization must be None or 'fp8', got {self.quantization!r}")
+        if any(not 0 <= s < 10 for s in self.prefetch_slots):
+            raise ConfigError(f"prefetch_slots are digit slots 0..9, got {self.prefetch_slots!r}")
+
+
+@dataclass
+class _Handle:
+    prompts: list[list[int]]
+    known: dict[tuple[int, tuple[int, ...]], np.ndarray]
+    """(row, label prefix) → scores already computed (prefetched branches)."""
+
+
+class VLLMEngine(Engine):
+    def __init__(self, bundle: ModelBundle | str, label_token_ids: Sequence[int],
+                 config: VLLMEngineConfig = VLLMEngineConfig()) -> None:
+        try:
+            from vllm import LLM, SamplingParams
+        except ImportError as exc:
+            raise ConfigError(
+                f"the vLLM engine needs vLLM ({exc}); install it with `pip install soi-batch[gpu]` "
+                "on a machine with an NVIDIA GPU, or use engine='hf'"
+            ) from exc
+        self.config = config
+        self.label_token_ids = tuple(int(t) for t in label_token_ids)
+        if len(self.label_token_ids) != N_LABEL_TOKENS:
+            raise ValueError(f"need {N_LABEL_TOKENS} label token ids (digits 0-9 then EOS), got {len(self.label_token_ids)}")
+        path = str(bundle.path if isinstance(bundle, ModelBundle) else bundle)
+        kwargs: dict[str, Any] = dict(
+            model=path, dtype=config.dtype, quantization=config.quantization, skip_tokenizer_init=True,
+            enable_prefix_caching=config.enable_prefix_caching, max_model_len=config.max_model_len,
+            max_num_batched_tokens=config.max_num_batched_tokens, max_num_seqs=config.max_num_seqs,
+            gpu_memory_utilization=config.gpu_memory_utilization, enforce_eager=config.enforce_eager,
+            tensor_parallel_size=config.tensor_parallel_size, load_format=config.load_format, seed=config.seed,
+        )
+        if config.block_size is not None:
+            kwargs["block_size"] = config.block_size
+        kwargs.update(config.extra)
+        try:
+            self.llm = LLM(**kwargs)
+        except (OSError, ValueError) as exc:
+            raise BundleError(f"{path}: vLLM cannot load this model: {exc}") from exc
+        self._params = SamplingParams(
+            max_tokens=1, temperature=0.0, detokenize=False, logprob_token_ids=list(self.label_token_ids),
+        )
+        self._slot_of = {t: i for i, t in enumerate(self.label_token_ids)}
+        self._prefetch = [(self.label_token_ids[s],) for s in config.prefetch_slots]
+        log.info("vLLM engine: %s (%s, quantization=%s, prefix caching=%s)", path, config.dtype,
+                 config.quantization, config.enable_prefix_caching)
+
+    @property
+    def max_prompt_tokens(self) -> int:
+        return self.config.max_model_len - 8
+
+    def _run(self, sequences: list[list[int]]) -> np.ndarray:
+        """Label-token logprobs ``[len(sequences), 11]`` at the position after each sequence."""
+        outs = self.llm.generate([{"prompt_token_ids": s} for s in sequences], self._params, use_tqdm=False)
+        scores = np.full((len(sequences), N_LABEL_TOKENS), -np.inf, dtype=np.float32)
+        slot_of = self._slot_of
+        for i, out in enumerate(outs):
+            for tid, lp in out.outputs[0].logprobs[0].items():
+                slot = slot_of.get(tid)
+                if slot is not None:
+                    scores[i, slot] = lp.logprob
+        return scores
+
+    def prefill(self, prompts: Sequence[Sequence[int]]) -> tuple[_Handle, np.ndarray]:
+        handle = _Handle([list(p) for p in prompts], {})
+        k = 1 + len(self._prefetch)
+        seqs: list[list[int]] = []
+        for p in handle.prompts:  # a report's prompt, then its branches: they share KV blocks in one step
+            seqs.append(p)
+            seqs.extend(p + list(b) for b in self._prefetch)
+        scores = self._run(seqs).reshape(len(prompts), k, N_LABEL_TOKENS)
+        for row in range(len(prompts)):
+            for j, b in enumerate(self._prefetch, start=1):
+                handle.known[(row, b)] = scores[row, j]
+        return handle, scores[:, 0].copy()
+
+    def extend(self, handle: _Handle, rows: np.ndarray, prefixes: Sequence[Sequence[int]]) -> np.ndarray:
+        if len(rows) == 0:
+            raise ValueError("extend() needs at least one branch")
+        out = np.empty((len(rows), N_LABEL_TOKENS), dtype=np.float32)
+        todo: list[int] = []
+        for i, (row, prefix) in enumerate(zip(np.asarray(rows).tolist(), prefixes)):
+            hit = handle.known.get((row, tuple(prefix)))
+            if hit is None:
+                todo.append(i)
+            else:
+                out[i] = hit
+        if todo:
+            seqs = [handle.prompts[int(rows[i])] + list(prefixes[i]) for i in todo]
+            out[todo] = self._run(seqs)
+        return out
+
+    def release(self, handle: _Handle) -> None:
+        handle.known.clear()
+        handle.prompts = []
