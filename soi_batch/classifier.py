@@ -81,7 +81,7 @@ def build_engine(bundle: ModelBundle, encoder_prefix: Sequence[int], label_token
     if name == "vllm":
         from soi_batch.engines.vllm_engine import VLLMEngine, VLLMEngineConfig
 
-        return VLLMEngine(bundle, encoder_prefix, label_token_ids, VLLMEngineConfig(**config.engine_options))
+        return VLLMEngine(bundle, label_token_ids, VLLMEngineConfig(**config.engine_options))
     from soi_batch.engines.hf import HFEngine, HFEngineConfig
 
     first_digits = [d for d in range(10) if trie.child[0, d] >= 0]
