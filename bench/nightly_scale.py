@@ -1,0 +1,166 @@
+"""Memory and throughput of the nightly job at scale (CPU path, streaming, chunked MERGE).
+
+Writes a synthetic Delta input of N rows — narratives resampled from the bundled OSHA SIR
+(``training.split.read_osha_sir``), ids ``syn-00000000``.. in input order — in batches of
+50,000 rows (never the whole table on the driver), then runs :func:`run_nightly` on it with a
+local Ray while a thread samples the memory of the driver and every process it started
+(raylet, GCS, Ray Data workers, the classifier actor).
+
+The model is the tiny random Mistral bundle of ``tests/tiny.py`` (2 layers, hidden 32): this
+measures the pipeline (selection, staging, Ray streaming, MERGE) and its memory, not a
+model's speed.
+
+    python bench/nightly_scale.py --rows 100000 1000000 --work /tmp/nightly_scale
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shutil
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pyarrow as pa
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+RESULTS = REPO / "bench" / "results" / "nightly_scale.json"
+GiB = 1 << 30
+log = logging.getLogger("nightly_scale")
+
+
+class MemorySampler(threading.Thread):
+    """Peak RSS of this process, and peak RSS / PSS summed over it and all its descendants."""
+
+    def __init__(self, interval: float = 1.0) -> None:
+        super().__init__(daemon=True)
+        self.interval, self.stop = interval, threading.Event()
+        self.me = psutil.Process()
+        self.peak = {"driver_rss": 0, "total_rss": 0, "total_pss": 0, "workers_rss": 0}
+        self.samples = 0
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            driver = self.me.memory_info().rss
+            total_rss, total_pss = driver, self.me.memory_full_info().pss
+            for child in self.me.children(recursive=True):
+                try:
+                    info = child.memory_full_info()
+                except psutil.Error:
+                    continue
+                total_rss += info.rss
+                total_pss += info.pss
+            for key, value in (("driver_rss", driver), ("total_rss", total_rss), ("total_pss", total_pss),
+                               ("workers_rss", total_rss - driver)):
+                self.peak[key] = max(self.peak[key], value)
+            self.samples += 1
+            self.stop.wait(self.interval)
+
+
+def write_input(path: Path, rows: int, *, batch_rows: int = 50_000, seed: int = 0) -> None:
+    from deltalake import write_deltalake
+
+    from training.split import read_osha_sir
+
+    osha = read_osha_sir()
+    texts = pa.array(osha["Final Narrative"].tolist(), type=pa.string())
+    event = pa.array(osha["EventDate"].tolist(), type=pa.string())
+    rng = np.random.default_rng(seed)
+    schema = pa.schema([("row_key", pa.string()), ("EventDate", pa.string()), ("Final Narrative", pa.string())])
+
+    def batches():
+        for start in range(0, rows, batch_rows):
+            n = min(batch_rows, rows - start)
+            pick = pa.array(rng.integers(0, len(texts), n))
+            yield pa.record_batch([pa.array([f"syn-{i:08d}" for i in range(start, start + n)]),
+                                   event.take(pick), texts.take(pick)], schema=schema)
+
+    write_deltalake(str(path), pa.RecordBatchReader.from_batches(schema, batches()), mode="overwrite")
+
+
+def measure(rows: int, work: Path, bundle: Path, chunk_rows: int) -> dict:
+    from soi_batch.nightly import NightlyConfig, run_nightly
+
+    inp, out = work / f"input_{rows}", work / f"out_{rows}"
+    for p in (inp, out, Path(f"{out}_manifests")):
+        shutil.rmtree(p, ignore_errors=True)
+    t = time.perf_counter()
+    write_input(inp, rows)
+    write_s = time.perf_counter() - t
+    sampler = MemorySampler()
+    sampler.start()
+    manifest = run_nightly(NightlyConfig(input=str(inp), output=str(out), model=str(bundle), chunk_rows=chunk_rows,
+                                         ray_num_cpus=2))
+    sampler.stop.set()
+    sampler.join()
+    second = run_nightly(NightlyConfig(input=str(inp), output=str(out), model=str(bundle), chunk_rows=chunk_rows,
+                                       ray_num_cpus=2))
+    from deltalake import DeltaTable
+
+    out_rows = DeltaTable(str(out)).to_pyarrow_dataset().count_rows()
+    return {
+        "rows": rows, "chunk_rows": chunk_rows, "input_write_seconds": round(write_s, 1),
+        "wall_seconds": manifest.wall_seconds, "rows_per_second": manifest.rows_per_second,
+        "merge_seconds": manifest.merge_seconds, "chunks_committed": manifest.chunks_committed,
+        "classified": manifest.counts.classified, "errors": manifest.counts.errors, "output_rows": out_rows,
+        "rerun_classified": second.counts.classified, "rerun_wall_seconds": second.wall_seconds,
+        "peak_driver_rss_gib": round(sampler.peak["driver_rss"] / GiB, 3),
+        "peak_workers_rss_gib": round(sampler.peak["workers_rss"] / GiB, 3),
+        "peak_total_rss_gib": round(sampler.peak["total_rss"] / GiB, 3),
+        "peak_total_pss_gib": round(sampler.peak["total_pss"] / GiB, 3),
+        "memory_samples": sampler.samples,
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
+    ap.add_argument("--work", type=Path, default=Path("/tmp/nightly_scale"))
+    ap.add_argument("--chunk-rows", type=int, default=5000)
+    ap.add_argument("--results", type=Path, default=RESULTS)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from tests.tiny import build_tiny_bundle
+    from training.split import read_osha_sir
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    bundle = args.work / "tiny_bundle"
+    if not bundle.exists():
+        build_tiny_bundle(bundle, read_osha_sir()["Final Narrative"].iloc[:300].tolist())
+    report = {
+        "what": "jobs/nightly pipeline (select, stage, Ray Data classify, chunked Delta MERGE), CPU",
+        "model": "tiny random Mistral bundle from tests/tiny.py build_tiny_bundle (2 layers, hidden 32): "
+                 "pipeline cost, not model speed",
+        "machine": f"{platform.node()} {os.cpu_count()} cores, {psutil.virtual_memory().total / GiB:.0f} GiB, "
+                   "shared with other engineers' CPU-heavy jobs",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "runs": [],
+    }
+    import ray
+
+    for rows in args.rows:
+        result = measure(rows, args.work, bundle, args.chunk_rows)
+        result["load_average_after"] = [round(x, 1) for x in os.getloadavg()]
+        report["runs"].append(result)
+        log.info("scale %d: %s", rows, result)
+        args.results.parent.mkdir(parents=True, exist_ok=True)
+        args.results.write_text(json.dumps(report, indent=2) + "\n")
+        shutil.rmtree(args.work / f"input_{rows}", ignore_errors=True)
+        shutil.rmtree(args.work / f"out_{rows}", ignore_errors=True)
+    ray.shutdown()
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

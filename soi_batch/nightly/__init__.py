@@ -1,0 +1,7 @@
+"""The nightly incremental job: classify new/changed reports and MERGE them into a Delta table."""
+
+from soi_batch.nightly.config import NightlyConfig
+from soi_batch.nightly.manifest import RunManifest
+from soi_batch.nightly.run import run_nightly
+
+__all__ = ["NightlyConfig", "RunManifest", "run_nightly"]

@@ -1,0 +1,180 @@
+"""The nightly run: select → stage → classify on Ray Data → MERGE chunk by chunk → manifest.
+
+:func:`run_nightly` takes a :class:`~soi_batch.nightly.config.NightlyConfig` and returns the
+run's :class:`~soi_batch.nightly.manifest.RunManifest`.  It is safe to re-run at any time:
+
+* rows already classified by this model version with the same text are skipped;
+* results are committed in chunks of ``chunk_rows`` rows, each its own Delta MERGE, so a killed
+  run keeps every committed chunk and the next run classifies only what is left;
+* a dead Ray actor is restarted and its batch retried (``RayOptions.max_restarts``); a row that
+  cannot be scored is committed with ``error`` set, never dropped.
+
+One writer per output table at a time (schedule with ``max_active_runs=1`` / a lock).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+import uuid
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from tqdm.auto import tqdm
+
+from soi_batch.bundle import load_bundle
+from soi_batch.io import inspect_input
+from soi_batch.nightly.config import NightlyConfig
+from soi_batch.nightly.manifest import Counts, RunManifest, distribution, previous_manifest, total_variation
+from soi_batch.nightly.select import TEXT_SHA_COL, InputSource, read_state, select_rows, stage_rows
+from soi_batch.nightly.sink import DeltaSink
+from soi_batch.schema import PROBABILITIES_SCHEMA, RESULT_SCHEMA
+
+log = logging.getLogger(__name__)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def output_schema(source: InputSource, *, keep_probabilities: bool) -> pa.Schema:
+    """Input columns + ``text_sha256`` + the result columns (input columns of the same name replaced)."""
+    inputs = source.schema
+    results = list(RESULT_SCHEMA) + (list(PROBABILITIES_SCHEMA) if keep_probabilities else [])
+    reserved = {f.name for f in results} | {TEXT_SHA_COL}
+    fields = [f for f in inputs if f.name not in reserved] + [pa.field(TEXT_SHA_COL, pa.string())] + results
+    return pa.schema(fields)
+
+
+def division_counts(output: str) -> Counter[str]:
+    """Division codes over the whole output table (one column read)."""
+    from deltalake import DeltaTable
+
+    column = DeltaTable(output).to_pyarrow_dataset().to_table(columns=["division_code"]).column("division_code")
+    counts = pc.value_counts(column.drop_null()).to_pylist() if len(column) else []
+    return Counter({c["values"]: c["counts"] for c in counts})
+
+
+def run_nightly(config: NightlyConfig) -> RunManifest:
+    started, t0 = _now(), time.perf_counter()
+    spec = inspect_input(config.input, fmt=config.input_format, encoding=config.encoding)
+    spec.require_text(config.text_col)
+    spec.require(config.id_col, role="id column")
+    bundle = load_bundle(config.model)
+    classifier_config = config.classifier_config()
+    ray_options = config.ray_options()
+    source = InputSource.open(spec)
+    run_id = uuid.uuid4().hex
+    manifest_dir = Path(config.resolved_manifest_dir)
+    manifest = RunManifest(
+        run_id=run_id, model_id=bundle.model_id, model_path=str(bundle.path), input=spec.path,
+        input_format=spec.format, input_version=source.version, input_fingerprint=source.fingerprint,
+        output=config.output, chunk_rows=config.chunk_rows, started_at=started,
+        config=config.model_dump(mode="json"),
+    )
+    manifest.write(manifest_dir)
+    log.info("run %s: %s (%s) → %s with %s, chunks of %d rows", run_id, source.fingerprint, spec.format,
+             config.output, bundle.model_id, config.chunk_rows)
+    staging = Path(config.resolved_staging_dir) / run_id
+    try:
+        _run(config, manifest, source, bundle.path, classifier_config, ray_options, staging)
+        manifest.status = "completed"
+    except BaseException as exc:
+        manifest.status, manifest.error = "failed", f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if staging.parent.is_dir() and not any(staging.parent.iterdir()):
+            staging.parent.rmdir()
+        manifest.ended_at = _now()
+        manifest.wall_seconds = round(time.perf_counter() - t0, 3)
+        path = manifest.write(manifest_dir)
+        log.info("run %s %s in %.1f s: %s; manifest %s", run_id, manifest.status, manifest.wall_seconds,
+                 manifest.counts.model_dump(exclude={"selected_by_reason"}), path)
+    return manifest
+
+
+def _run(config: NightlyConfig, manifest: RunManifest, source: InputSource, model_path: Path,
+         classifier_config, ray_options, staging: Path) -> None:
+    schema = output_schema(source, keep_probabilities=config.keep_probabilities)
+    sink = DeltaSink(config.output, config.id_col, schema, run_id=manifest.run_id)
+    state = read_state(config.output, config.id_col)
+    selection = select_rows(source, state, id_col=config.id_col, text_col=config.text_col,
+                            model_id=manifest.model_id, retry_errors=config.retry_errors)
+    del state
+    counts: Counts = manifest.counts
+    counts.read, counts.duplicate_ids_dropped = selection.rows_read, selection.duplicate_ids_dropped
+    counts.null_ids_dropped, counts.skipped = selection.null_ids_dropped, selection.up_to_date
+    counts.selected, counts.selected_by_reason = selection.selected, selection.reasons
+    manifest.output_version_start = manifest.output_version_end = sink.ensure_table()
+    divisions: Counter[str] = Counter()
+    if selection.selected:
+        _clean_stale_staging(staging.parent, keep=staging.name)
+        stage_rows(source, selection, staging, rows_per_file=config.chunk_rows)
+        del selection
+        start = time.perf_counter()
+        _classify_and_merge(config, manifest, sink, model_path, classifier_config, ray_options, staging, divisions)
+        elapsed = time.perf_counter() - start
+        manifest.rows_per_second = round(counts.classified / elapsed, 2) if elapsed > 0 else None
+    else:
+        log.info("nothing to classify: every row is up to date for %s", manifest.model_id)
+    manifest.label_distribution = distribution(divisions)
+    manifest.label_distribution_table = distribution(division_counts(config.output))
+    previous = previous_manifest(config.resolved_manifest_dir, exclude_run=manifest.run_id)
+    if previous is not None:
+        manifest.previous_run_id = previous.run_id
+        manifest.label_shift_tvd_table = total_variation(manifest.label_distribution_table,
+                                                         previous.label_distribution_table)
+    reference = previous_manifest(config.resolved_manifest_dir, exclude_run=manifest.run_id, classified_only=True)
+    if reference is not None:
+        manifest.label_shift_reference_run_id = reference.run_id
+        manifest.label_shift_tvd = total_variation(manifest.label_distribution, reference.label_distribution)
+    if manifest.label_shift_tvd is not None:
+        log.info("division shift vs run %s: TVD %.3f (this run), %s (whole table)", reference.run_id,
+                 manifest.label_shift_tvd, manifest.label_shift_tvd_table)
+
+
+def _clean_stale_staging(root: Path, *, keep: str) -> None:
+    """Remove staging folders left by killed runs (one writer per output, so none is in use)."""
+    if root.is_dir():
+        for old in root.iterdir():
+            if old.name != keep and old.is_dir():
+                log.info("removing staging %s left by an earlier run", old)
+                shutil.rmtree(old, ignore_errors=True)
+
+
+def _classify_and_merge(config: NightlyConfig, manifest: RunManifest, sink: DeltaSink, model_path: Path,
+                        classifier_config, ray_options, staging: Path, divisions: Counter[str]) -> None:
+    import ray.data
+
+    from soi_batch.ray import classify_dataset, init_ray
+
+    init_ray(config.ray_address, num_cpus=config.ray_num_cpus)
+    ray.data.DataContext.get_current().enable_progress_bars = config.ray_progress_bars
+    # blocks of chunk_rows rows: each actor task then returns about one chunk's results, so commits
+    # follow classification (one huge read block would be classified whole before any commit)
+    ds = ray.data.read_parquet(str(staging)).repartition(target_num_rows_per_block=config.chunk_rows)
+    ds = classify_dataset(ds, text_col=config.text_col, model=model_path, config=classifier_config,
+                          run_id=manifest.run_id, keep_probabilities=config.keep_probabilities, options=ray_options)
+    counts = manifest.counts
+    with tqdm(total=counts.selected, unit="rows", desc="classified+committed", dynamic_ncols=True) as bar:
+        for chunk in ds.iter_batches(batch_size=config.chunk_rows, batch_format="pyarrow", prefetch_batches=1):
+            result = sink.merge(chunk)
+            errors = chunk.num_rows - chunk.column("error").null_count
+            counts.classified += chunk.num_rows
+            counts.errors += errors
+            counts.inserted += result.inserted
+            counts.updated += result.updated
+            manifest.chunks_committed += 1
+            manifest.merge_seconds = round(manifest.merge_seconds + result.seconds, 3)
+            manifest.output_version_end = result.version
+            ok = chunk.filter(pc.is_null(chunk.column("error"))).column("division_code")
+            divisions.update({c["values"]: c["counts"] for c in pc.value_counts(ok.drop_null()).to_pylist()})
+            log.info("chunk %d: %d rows (%d errors) → %s v%d (%d inserted, %d updated, merge %.2f s)",
+                     manifest.chunks_committed, chunk.num_rows, errors, sink.uri, result.version, result.inserted,
+                     result.updated, result.seconds)
+            bar.update(chunk.num_rows)

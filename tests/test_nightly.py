@@ -1,0 +1,235 @@
+"""The nightly job: incremental selection, MERGE without duplicates, crash and actor-kill recovery.
+
+Real local Ray (the session's ``ray_local``), real Delta tables under tmp_path, real OSHA rows,
+the tiny random Mistral bundle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import pyarrow as pa
+import pytest
+from deltalake import DeltaTable, write_deltalake
+
+from soi_batch.bundle import load_bundle, write_manifest
+from soi_batch.errors import ConfigError
+from soi_batch.nightly import NightlyConfig, run_nightly
+from soi_batch.nightly.manifest import RunManifest, total_variation
+
+REPO = Path(__file__).resolve().parents[1]
+COLS = ["row_key", "ID", "EventDate", "Final Narrative", "Source"]
+
+
+def _rows(osha: pd.DataFrame, start: int, stop: int) -> pd.DataFrame:
+    return osha.iloc[start:stop][COLS].reset_index(drop=True)
+
+
+def _write(path: Path, df: pd.DataFrame, mode: str = "overwrite") -> None:
+    write_deltalake(str(path), pa.Table.from_pandas(df, preserve_index=False), mode=mode)
+
+
+def _output(path: Path) -> pd.DataFrame:
+    return DeltaTable(str(path)).to_pyarrow_dataset().to_table(
+        columns=["row_key", "Final Narrative", "text_sha256", "model_id", "source_code", "division_code", "error", "run_id"]
+    ).to_pandas()
+
+
+def _config(tmp: Path, bundle: Path, **kw) -> NightlyConfig:
+    return NightlyConfig(input=str(tmp / "input"), output=str(tmp / "out"), model=str(bundle),
+                         chunk_rows=kw.pop("chunk_rows", 100), ray={"batch_size": 100}, **kw)
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def bundle_v1(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same weights under a new model version: every row must be re-classified."""
+    out = tmp_path_factory.mktemp("tiny_v1") / "bundle"
+    shutil.copytree(tiny_bundle, out)
+    manifest = load_bundle(out).manifest.model_copy(update={"model_version": "1"})
+    write_manifest(out, manifest)
+    return out
+
+
+def test_config_from_yaml_and_overrides(tmp_path: Path) -> None:
+    y = tmp_path / "n.yml"
+    y.write_text("input: a\noutput: b\nchunk_rows: 7\nclassifier: {batch_size: 8}\nray: {num_actors: 2}\n")
+    c = NightlyConfig.build(y, output="c", chunk_rows=None)
+    assert (c.input, c.output, c.chunk_rows) == ("a", "c", 7)
+    assert c.classifier_config().batch_size == 8 and c.ray_options().num_actors == 2
+    assert c.resolved_manifest_dir == "c_manifests"
+    example = NightlyConfig.build(REPO / "jobs" / "nightly.example.yml")
+    assert example.chunk_rows == 5000
+    with pytest.raises(ConfigError, match="chunk_rows"):
+        NightlyConfig.build(y, chunk_rows=0)
+    with pytest.raises(ConfigError, match="nope"):
+        NightlyConfig.build(y, nope=1)
+
+
+def test_total_variation() -> None:
+    assert total_variation({"1": 0.5, "2": 0.5}, {"1": 0.5, "2": 0.5}) == 0.0
+    assert total_variation({"1": 1.0}, {"2": 1.0}) == 1.0
+    assert total_variation({}, {"1": 1.0}) is None
+
+
+def test_incremental_runs(tmp_path: Path, osha: pd.DataFrame, tiny_bundle: Path, bundle_v1: Path, ray_local) -> None:
+    base = _rows(osha, 0, 300)
+    base.loc[[2, 7], "Final Narrative"] = ""  # cannot be scored: committed with `error`, never dropped
+    dups = base.iloc[[3, 10, 20]].copy()
+    dups["Final Narrative"] = dups["Final Narrative"] + " (amended)"  # same id later in input: last wins
+    _write(tmp_path / "input", pd.concat([base, dups], ignore_index=True))
+
+    m1 = run_nightly(_config(tmp_path, tiny_bundle))
+    out = _output(tmp_path / "out")
+    assert (m1.status, m1.counts.read, m1.counts.duplicate_ids_dropped) == ("completed", 303, 3)
+    assert m1.counts.classified == 300 and m1.counts.inserted == 300 and m1.chunks_committed == 3
+    assert len(out) == 300 and out["row_key"].is_unique and set(out["row_key"]) == set(base["row_key"])
+    kept = out.set_index("row_key").loc[dups["row_key"]]
+    assert list(kept["Final Narrative"]) == list(dups["Final Narrative"])
+    assert list(kept["text_sha256"]) == [_sha(t) for t in dups["Final Narrative"]]
+    assert m1.counts.errors == 2 and set(out.loc[out["error"].notna(), "row_key"]) == {"sir-00002", "sir-00007"}
+    assert (out["model_id"] == "tiny-random@0").all() and out["source_code"].notna().sum() == 298
+    assert m1.input_version == 0 and m1.output_version_end == m1.output_version_start + 3
+    assert sum(m1.label_distribution.values()) == pytest.approx(1.0)
+
+    m2 = run_nightly(_config(tmp_path, tiny_bundle))  # nothing new: no Ray work, no commit
+    assert (m2.counts.classified, m2.counts.skipped, m2.chunks_committed) == (0, 300, 0)
+    assert m2.output_version_end == m1.output_version_end and m2.previous_run_id == m1.run_id
+    assert m2.label_shift_tvd_table == 0.0
+
+    # 100 new rows + 5 changed texts (+ the 2 error rows, on request) in one run: exactly those
+    current = DeltaTable(str(tmp_path / "input")).to_pyarrow_dataset().to_table().to_pandas()
+    changed_ids = ["sir-00005", "sir-00050", "sir-00150", "sir-00250", "sir-00299"]
+    changed = current["row_key"].isin(changed_ids)
+    current.loc[changed, "Final Narrative"] = "Employee was struck by a falling pallet jack and fractured a foot."
+    _write(tmp_path / "input", pd.concat([current, _rows(osha, 300, 400)], ignore_index=True))
+    m3 = run_nightly(_config(tmp_path, tiny_bundle, retry_errors=True))
+    assert m3.counts.selected_by_reason == {"new": 100, "text_changed": 5, "model_changed": 0, "retry_error": 2}
+    assert (m3.counts.classified, m3.counts.inserted, m3.counts.updated) == (107, 100, 7)
+    assert m3.counts.skipped == 293 and m3.input_version == 1
+    out = _output(tmp_path / "out")
+    assert len(out) == 400 and out["row_key"].is_unique
+    new_text = _sha("Employee was struck by a falling pallet jack and fractured a foot.")
+    assert set(out.loc[out["text_sha256"] == new_text, "row_key"]) == set(changed_ids)
+    assert set(out.loc[out["run_id"] == m3.run_id, "row_key"]) == (
+        set(changed_ids) | {"sir-00002", "sir-00007"} | set(_rows(osha, 300, 400)["row_key"]))
+    assert m3.label_shift_reference_run_id == m1.run_id and m3.previous_run_id == m2.run_id
+    assert m3.label_shift_tvd == pytest.approx(total_variation(m3.label_distribution, m1.label_distribution))
+
+    m4 = run_nightly(_config(tmp_path, bundle_v1))  # a new model version re-classifies everything
+    assert m4.counts.classified == 400 and m4.counts.selected_by_reason["model_changed"] == 400
+    out = _output(tmp_path / "out")
+    assert len(out) == 400 and out["row_key"].is_unique and (out["model_id"] == "tiny-random@1").all()
+    assert run_nightly(_config(tmp_path, bundle_v1)).counts.classified == 0
+
+    manifests = sorted((tmp_path / "out_manifests").glob("run-*.json"))
+    assert len(manifests) == 5 and not (tmp_path / "out_manifests" / "_staging").exists()
+    loaded = [RunManifest.model_validate_json(p.read_text()) for p in manifests]
+    assert {m.run_id for m in loaded[:4]} == {m.run_id for m in (m1, m2, m3, m4)}
+    assert all(m.status == "completed" and m.ended_at and m.wall_seconds for m in loaded)
+
+
+def _descendants_matching(root: int, needle: str) -> list[psutil.Process]:
+    found = []
+    for p in psutil.Process(root).children(recursive=True):
+        try:
+            if needle in " ".join(p.cmdline()):
+                found.append(p)
+        except psutil.Error:
+            continue
+    return found
+
+
+def _committed_rows(out: Path) -> int:
+    try:
+        table = DeltaTable(str(out))
+    except Exception:  # noqa: BLE001 - not created yet
+        return 0
+    return table.to_pyarrow_dataset().count_rows()
+
+
+@pytest.mark.slow
+def test_sigkill_job_then_rerun(tmp_path: Path, osha: pd.DataFrame, tiny_bundle: Path, ray_local) -> None:
+    n = 1500
+    _write(tmp_path / "input", _rows(osha, 0, n))
+    (tmp_path / "n.yml").write_text("ray: {batch_size: 50}\nclassifier: {batch_size: 25}\n")
+    address = ray_local.get_runtime_context().gcs_address
+    cmd = [sys.executable, str(REPO / "jobs" / "nightly.py"), "--config", str(tmp_path / "n.yml"),
+           "--input", str(tmp_path / "input"), "--output", str(tmp_path / "out"), "--model", str(tiny_bundle),
+           "--chunk-rows", "50", "--ray-address", address]
+    with open(tmp_path / "job.log", "wb") as log:
+        job = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while _committed_rows(tmp_path / "out") < 50:
+            assert job.poll() is None, (tmp_path / "job.log").read_text(errors="replace")[-3000:]
+            assert time.monotonic() < deadline, "no chunk committed in 120 s"
+            time.sleep(0.05)
+        assert job.poll() is None
+        children = job.pid and psutil.Process(job.pid).children(recursive=True)
+        os.kill(job.pid, signal.SIGKILL)
+        job.wait(10)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    for child in children or []:  # processes the killed job started itself, if any survived it
+        if child.is_running():
+            child.kill()
+    committed = _committed_rows(tmp_path / "out")
+    assert 50 <= committed < n, f"kill did not land mid-run ({committed} of {n} rows committed)"
+    crashed = [RunManifest.model_validate_json(p.read_text()) for p in (tmp_path / "out_manifests").glob("run-*.json")]
+    assert [m.status for m in crashed] == ["running"]
+
+    m = run_nightly(_config(tmp_path, tiny_bundle, chunk_rows=500))
+    assert m.counts.skipped == committed and m.counts.classified == n - committed
+    out = _output(tmp_path / "out")
+    assert len(out) == n and out["row_key"].is_unique and set(out["row_key"]) == set(_rows(osha, 0, n)["row_key"])
+    assert out["source_code"].notna().all()
+
+
+@pytest.mark.slow
+def test_actor_killed_mid_run_is_restarted(tmp_path: Path, osha: pd.DataFrame, tiny_bundle: Path, ray_local) -> None:
+    n = 1500
+    _write(tmp_path / "input", _rows(osha, 0, n))
+    out_path = tmp_path / "out"
+    killed: list[tuple[int, int]] = []  # (pid, rows committed when killed)
+    stop = threading.Event()
+
+    def killer() -> None:
+        while not stop.is_set():
+            rows = _committed_rows(out_path)
+            actors = _descendants_matching(os.getpid(), "MapWorker(MapBatches(ClassifyBatch))")
+            if rows >= 50 and actors:
+                os.kill(actors[0].pid, signal.SIGKILL)
+                killed.append((actors[0].pid, rows))
+                return
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    try:
+        config = NightlyConfig(input=str(tmp_path / "input"), output=str(out_path), model=str(tiny_bundle),
+                               chunk_rows=50, ray={"batch_size": 50}, classifier={"batch_size": 25})
+        m = run_nightly(config)
+    finally:
+        stop.set()
+        thread.join(5)
+    assert killed, "the MapWorker actor was never found and killed"
+    assert killed[0][1] < n, "the actor was killed only after every row was committed"
+    assert not psutil.pid_exists(killed[0][0]) or psutil.Process(killed[0][0]).status() == psutil.STATUS_ZOMBIE
+    assert m.status == "completed" and m.counts.classified == n
+    out = _output(out_path)
+    assert len(out) == n and out["row_key"].is_unique and out["source_code"].notna().all()
