@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field
 
-from soi_batch.errors import BundleError
+from soi_batch.errors import BundleError, LabelSetError
 from soi_batch.prompt import PromptTemplate
 from soi_batch.taxonomy import TAXONOMY_VERSION, Taxonomy, load_taxonomy
 
@@ -60,7 +60,7 @@ class Manifest(BaseModel):
     data_fingerprint: str | None = None
     metrics: dict[str, Any] = {}
     training: dict[str, Any] = {}
-    created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
 
 class ModelBundle:
@@ -131,8 +131,11 @@ def load_bundle(model: str | Path | None = None) -> ModelBundle:
             f"{path}: pickle weight files {pickles} are refused (they can run code when loaded); "
             "convert them to safetensors and delete them"
         )
-    if not any(path.glob("*.safetensors")):
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights:
         raise BundleError(f"{path}: no *.safetensors weights found")
+    for file in weights:
+        _check_safetensors_header(file)
     if not (path / "config.json").is_file():
         raise BundleError(f"{path}: config.json missing")
     if not any((path / name).is_file() for name in _TOKENIZER_FILES):
@@ -151,9 +154,25 @@ def load_bundle(model: str | Path | None = None) -> ModelBundle:
             f"{manifest_path}: prompt_sha256 does not match the stored prompt template "
             "(the template was edited after training); re-package the bundle"
         )
-    bundle = ModelBundle(path, manifest)
+    if not manifest.labels:
+        raise BundleError(f"{manifest_path}: 'labels' is empty; the bundle must list the codes it was trained on")
+    try:
+        bundle = ModelBundle(path, manifest)
+    except LabelSetError as exc:
+        raise BundleError(f"{manifest_path}: {exc}") from exc
     log.info("model bundle %s from %s (%d labels)", bundle.model_id, path, len(manifest.labels))
     return bundle
+
+
+def _check_safetensors_header(file: Path) -> None:
+    """Read only the safetensors header (tensor names, shapes, offsets), not the weights."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(file), framework="numpy") as handle:
+            handle.keys()
+    except (SafetensorError, OSError) as exc:
+        raise BundleError(f"{file}: not a readable safetensors file ({exc}); copy the bundle again") from exc
 
 
 def write_manifest(path: str | Path, manifest: Manifest) -> Path:

@@ -8,9 +8,10 @@ CSV columns are read as strings, so codes and ids keep their leading digits.
 from __future__ import annotations
 
 import codecs
+import csv
+import gzip
 import io
 import lzma
-import gzip
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -35,6 +36,10 @@ class InputSpec:
     format: InputFormat
     columns: list[str]
     encoding: str | None = None
+    schema: pa.Schema | None = None
+    """Column types (Parquet/Delta; None for CSV, whose columns are all read as strings)."""
+    num_rows: int | None = None
+    """Row count when it is known without reading the rows (Parquet footers, small CSV), else None."""
 
     def require(self, *names: str | None, role: str = "column") -> None:
         """Raise :class:`InputSchemaError` naming the missing column and those available."""
@@ -44,6 +49,20 @@ class InputSpec:
                     f"{self.path}: {role} {name!r} not found; available columns: {self.columns}. "
                     f"Pass the right name with --text-col / --id-col."
                 )
+
+    def require_text(self, name: str, role: str = "text column") -> None:
+        """Raise :class:`InputSchemaError` unless column ``name`` holds strings (or only nulls)."""
+        self.require(name, role=role)
+        if self.schema is None:
+            return  # CSV: every column is read as a string
+        kind = self.schema.field(name).type
+        value = kind.value_type if pa.types.is_dictionary(kind) else kind
+        if not (pa.types.is_string(value) or pa.types.is_large_string(value) or pa.types.is_string_view(value)
+                or pa.types.is_null(value)):
+            raise InputSchemaError(
+                f"{self.path}: {role} {name!r} has type {kind}, not string; the narratives must be text. "
+                f"Cast the column to string, or pass the narrative column with --text-col."
+            )
 
 
 def detect_format(path: str | Path) -> InputFormat:
@@ -76,14 +95,45 @@ def sniff_encoding(path: str | Path) -> str:
     return "utf-8"
 
 
-def _csv_header(path: Path, encoding: str) -> list[str]:
-    with _open_bytes(path) as fh:
-        head = fh.read(1 << 20)
+_CSV_HEAD_BYTES = 1 << 20
+
+
+def _check_csv_quoting(path: Path, head: str, complete: bool) -> None:
+    """Parse ``head`` strictly (Python's csv module); raise on a broken quote.
+
+    Arrow's CSV reader accepts an unterminated quote silently and swallows the following
+    rows into one field, so a stray quote would lose rows without an error.  Only the first
+    MiB is checked (``complete``: it is the whole file, so the end must not be inside quotes).
+    """
+    reader = csv.reader(io.StringIO(head, newline=""), strict=True)
     try:
-        table = pacsv.read_csv(io.BytesIO(head), read_options=pacsv.ReadOptions(encoding=encoding, block_size=1 << 20))
+        for _ in reader:
+            pass
+    except csv.Error as exc:
+        if not complete and "unexpected end of data" in str(exc):
+            return  # the head was cut inside a quoted field; the rest of the file continues it
+        raise InputReadError(
+            f"{path}: malformed CSV near line {reader.line_num}: {exc} (a quote is not closed or is "
+            "followed by text); fix the quoting, or export the file again with every field quoted"
+        ) from exc
+
+
+def _csv_header(path: Path, encoding: str) -> tuple[list[str], int | None]:
+    """Column names, and the row count when the whole file fits in the first MiB."""
+    with _open_bytes(path) as fh:
+        head = fh.read(_CSV_HEAD_BYTES + 1)
+    complete = len(head) <= _CSV_HEAD_BYTES
+    head = head[:_CSV_HEAD_BYTES]
+    _check_csv_quoting(path, head.decode(encoding, errors="replace"), complete)
+    try:
+        table = pacsv.read_csv(io.BytesIO(head), read_options=pacsv.ReadOptions(encoding=encoding, block_size=1 << 20),
+                               parse_options=pacsv.ParseOptions(newlines_in_values=True))
     except pa.ArrowInvalid:
+        if complete:
+            raise
         table = pacsv.read_csv(io.BytesIO(head.split(b"\n", 1)[0]), read_options=pacsv.ReadOptions(encoding=encoding))
-    return table.column_names
+        return table.column_names, None
+    return table.column_names, table.num_rows if complete else None
 
 
 def inspect_input(path: str | Path, *, fmt: InputFormat | None = None, encoding: str | None = None) -> InputSpec:
@@ -99,13 +149,16 @@ def inspect_input(path: str | Path, *, fmt: InputFormat | None = None, encoding:
             if p.is_dir():
                 raise InputReadError(f"{path}: is a directory; CSV input must be one file")
             enc = encoding or sniff_encoding(p)
-            return InputSpec(str(p), "csv", _csv_header(p, enc), enc)
+            columns, num_rows = _csv_header(p, enc)
+            return InputSpec(str(p), "csv", columns, enc, num_rows=num_rows)
         if fmt == "delta":
             from deltalake import DeltaTable
 
-            schema = DeltaTable(str(p)).schema().to_arrow()
-            return InputSpec(str(p), "delta", list(pa.schema(schema).names))
-        return InputSpec(str(p), "parquet", list(pq.ParquetDataset(str(p)).schema.names))
+            schema = pa.schema(DeltaTable(str(p)).schema().to_arrow())
+            return InputSpec(str(p), "delta", list(schema.names), schema=schema)
+        dataset = pq.ParquetDataset(str(p))
+        num_rows = sum(fragment.metadata.num_rows for fragment in dataset.fragments)
+        return InputSpec(str(p), "parquet", list(dataset.schema.names), schema=dataset.schema, num_rows=num_rows)
     except (pa.ArrowException, OSError, ValueError) as exc:
         if isinstance(exc, InputReadError):
             raise

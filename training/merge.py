@@ -53,7 +53,8 @@ def merge_adapter(base: str | Path, adapter: str | Path, out: str | Path, *, dty
         raise BundleError(f"{adapter}: no adapter_config.json; pass the Axolotl output_dir holding the adapter")
     cfg = json.loads((adapter / "adapter_config.json").read_text())
     log.info("merging %s adapter (r=%s) into %s base %s", cfg.get("peft_type"), cfg.get("r"), dtype, base)
-    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=getattr(torch, dtype), device_map=device)
+    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=getattr(torch, dtype), device_map=device,
+                                                 trust_remote_code=False, use_safetensors=True)
     if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
         raise BundleError(f"{base}: base loaded quantised; merge needs the unquantised {dtype} weights")
     merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()

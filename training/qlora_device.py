@@ -54,7 +54,7 @@ def qlora_model(base_dir: Path, recipe: AxolotlRecipe):
         load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_quant_storage=torch.bfloat16,
     )
-    model = AutoModelForCausalLM.from_pretrained(str(base_dir), quantization_config=bnb, dtype=torch.bfloat16,
+    model = AutoModelForCausalLM.from_pretrained(str(base_dir), trust_remote_code=False, quantization_config=bnb, dtype=torch.bfloat16,
                                                  device_map={"": 0})
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=recipe.gradient_checkpointing,
                                             gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                    device="cuda")
         torch.cuda.empty_cache()
     build_s = time.perf_counter() - t0
-    tokenizer = AutoTokenizer.from_pretrained(str(base))
+    tokenizer = AutoTokenizer.from_pretrained(str(base), trust_remote_code=False)
     records = load_jsonl(data / "train.jsonl")
     random.Random(0).shuffle(records)
     train = tokenize_alpaca(records, tokenizer, recipe)

@@ -10,12 +10,14 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.dataset as pads
 
 from soi_batch.bundle import load_bundle
 from soi_batch.classifier import ClassifierConfig
 from soi_batch.errors import ConfigError
-from soi_batch.io import INPUT_FORMATS, OUTPUT_FORMATS, inspect_input
+from soi_batch.io import INPUT_FORMATS, OUTPUT_FORMATS, InputSpec, inspect_input, read_table, write_table
+from soi_batch.schema import PROBABILITIES_SCHEMA, RESULT_SCHEMA
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from soi_batch.ray import RayOptions, classify_dataset, init_ray, read_reports, write_results
 
     spec = inspect_input(args.input, fmt=args.input_format, encoding=args.encoding)
-    spec.require(args.text_col, role="text column")
+    spec.require_text(args.text_col, role="text column")
     spec.require(args.id_col, role="id column")
     bundle = load_bundle(args.model)  # validates the bundle before Ray or any weights start
     out = Path(args.output)
@@ -57,6 +59,10 @@ def run(args: argparse.Namespace) -> int:
         if not args.overwrite:
             raise ConfigError(f"{out} exists; pass --overwrite or choose another output")
         shutil.rmtree(out) if out.is_dir() else out.unlink()
+    if spec.num_rows == 0:
+        write_empty_output(spec, out, fmt=args.output_format, keep_probabilities=args.keep_probabilities)
+        print(f"input {spec.path} has 0 rows: wrote an empty output with the result columns → {out}")
+        return 0
     engine_options = {"quantization": args.quantization} if args.quantization else {}
     config = ClassifierConfig(engine=args.engine, batch_size=args.batch_size, top_k=args.top_k, beam=args.beam,
                               engine_options=engine_options)
@@ -73,6 +79,23 @@ def run(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - start
     print(summarize(out, args.output_format, elapsed))
     return 0
+
+
+def write_empty_output(spec: InputSpec, out: Path, *, fmt: str, keep_probabilities: bool) -> None:
+    """The output of a 0-row input: the input's columns and the result columns, no rows (no model load)."""
+    table = read_table(spec)
+    if table.num_rows:
+        raise ConfigError(f"{spec.path}: expected 0 rows, found {table.num_rows}")
+    fields = list(RESULT_SCHEMA) + (list(PROBABILITIES_SCHEMA) if keep_probabilities else [])
+    for field in fields:
+        if field.name in table.column_names:
+            table = table.drop_columns([field.name])
+        table = table.append_column(field, pa.array([], type=field.type))
+    if fmt == "delta":
+        write_table(table, out, fmt="delta", mode="append")
+    else:  # a directory of Parquet files, like the Ray writer's
+        out.mkdir(parents=True)
+        write_table(table, out / "part-00000.parquet", fmt="parquet")
 
 
 def summarize(path: Path, fmt: str, elapsed: float) -> str:
