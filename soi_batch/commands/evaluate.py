@@ -1,0 +1,51 @@
+"""``soi-batch evaluate DATA``: model vs TF-IDF baseline on labelled reports, with a report directory."""
+
+from __future__ import annotations
+
+import argparse
+
+from soi_batch.io import INPUT_FORMATS
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate", help="score a model (and the TF-IDF baseline) on labelled reports",
+        description="Accuracy and macro-F1 by hierarchy level, ECE, accuracy at coverage and AURC for the "
+                    "model and the TF-IDF + logistic regression baseline, written to --report DIR "
+                    "(metrics.json, PNG plots, report.md).")
+    p.add_argument("data", help="labelled CSV/Parquet/Delta, or 'osha-sir' for the bundled time-based split")
+    p.add_argument("--label-col", default="Source", help="column with the OIICS source code (default: %(default)s)")
+    p.add_argument("--text-col", default="Final Narrative", help="column with the narrative (default: %(default)s)")
+    p.add_argument("--model", default=None, help="model bundle directory or hub id (default: embedded soi-mini)")
+    p.add_argument("--input-format", choices=INPUT_FORMATS, default=None, help="default: from the path")
+    p.add_argument("--encoding", default=None, help="CSV encoding (default: utf-8 if valid, else cp1252)")
+    p.add_argument("--report", required=True, metavar="DIR", help="directory for metrics.json, plots, report.md")
+    p.add_argument("--split", choices=("train", "validation", "test", "all"), default="test",
+                   help="part of the bundled split when DATA is osha-sir (default: %(default)s)")
+    p.add_argument("--limit", type=int, default=None, help="evaluate a seeded random sample of N rows")
+    p.add_argument("--seed", type=int, default=0, help="seed for --limit sampling and the baseline (default: 0)")
+    p.add_argument("--batch-size", type=int, default=64, help="reports per engine forward pass")
+    p.add_argument("--no-baseline", action="store_true", help="skip the TF-IDF baseline")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from soi_batch.evaluate import EvaluationConfig, evaluate
+    from soi_batch.metrics import lookup
+
+    config = EvaluationConfig(
+        data=args.data, label_col=args.label_col, text_col=args.text_col, model=args.model,
+        input_format=args.input_format, encoding=args.encoding, split=args.split, limit=args.limit,
+        seed=args.seed, baseline=not args.no_baseline, batch_size=args.batch_size,
+    )
+    result = evaluate(config, args.report)
+    base = result.get("baseline")
+    print(f"n={result['n']}  ({result['data']['description']})")
+    for key in ("division.accuracy", "division.macro_f1", "major_group.accuracy", "major_group.macro_f1",
+                "code.accuracy", "ece", "accuracy_at_coverage.0.7", "aurc"):
+        line = f"{key:>26}  model {lookup(result, key):.4f}"
+        if base is not None:
+            line += f"  baseline {lookup(base, key):.4f}"
+        print(line)
+    print(f"report: {args.report}/report.md")
+    return 0

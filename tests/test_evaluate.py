@@ -1,0 +1,131 @@
+"""Evaluation on real OSHA rows: data loading, the TF-IDF baseline, and the report directory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from soi_batch.baseline import BaselineConfig, TfidfBaseline
+from soi_batch.evaluate import EvaluationConfig, clean_label, evaluate, load_eval_data
+from training.split import split_osha
+
+QUICK = BaselineConfig(max_features=5000, max_iter=100, max_train=1500, seed=0)
+
+
+@pytest.fixture(scope="module")
+def parts(osha: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    return split_osha(osha)
+
+
+def _write_cp1252_csv(frame: pd.DataFrame, path: Path) -> Path:
+    frame.to_csv(path, index=False, encoding="cp1252")
+    return path
+
+
+def test_clean_label() -> None:
+    assert [clean_label(v) for v in [" 662 ", "66", "9999", "", None, "66a", "12345"]] == [
+        "662", "66", "9999", None, None, None, None]
+
+
+def test_load_eval_data_reads_cp1252_csv_and_skips_unlabelled_rows(osha: pd.DataFrame, tmp_path: Path) -> None:
+    # rows whose narrative has cp1252-only characters (smart quotes, degree sign, e-acute)
+    special = osha[osha["Final Narrative"].str.contains("[\u2019\u201c\u00b0\u00e9]", regex=True)].head(3)
+    frame = pd.concat([special, osha.head(20)], ignore_index=True)
+    frame.loc[5, "Source"] = ""          # missing label
+    frame.loc[6, "Source"] = "n/a"       # not a code
+    path = _write_cp1252_csv(frame, tmp_path / "sir.csv")
+    data = load_eval_data(EvaluationConfig(data=str(path)))
+    assert data.details["encoding"] == "cp1252"
+    assert len(data.labels) == 21 and data.details["rows_without_valid_label"] == 2
+    assert data.texts[0] == special["Final Narrative"].iloc[0]
+    assert all(label.isdigit() for label in data.labels)
+
+
+def test_load_eval_data_limit_is_a_seeded_sample(parts: dict[str, pd.DataFrame]) -> None:
+    a = load_eval_data(EvaluationConfig(data="osha-sir", split="validation", limit=50, seed=7))
+    b = load_eval_data(EvaluationConfig(data="osha-sir", split="validation", limit=50, seed=7))
+    c = load_eval_data(EvaluationConfig(data="osha-sir", split="validation", limit=50, seed=8))
+    assert a.texts == b.texts and a.labels == b.labels and a.texts != c.texts
+    assert set(a.texts) <= set(parts["validation"]["Final Narrative"])
+    full = load_eval_data(EvaluationConfig(data="osha-sir", split="test"))
+    assert len(full.labels) == len(parts["test"])
+
+
+def test_missing_label_column_names_the_columns(osha: pd.DataFrame, tmp_path: Path) -> None:
+    from soi_batch.errors import InputSchemaError
+
+    path = _write_cp1252_csv(osha.head(5), tmp_path / "sir.csv")
+    with pytest.raises(InputSchemaError, match="label column 'Code'.*--label-col"):
+        load_eval_data(EvaluationConfig(data=str(path), label_col="Code"))
+
+
+def test_baseline_learns_and_is_reproducible(parts: dict[str, pd.DataFrame]) -> None:
+    train = parts["train"].sample(n=1500, random_state=0)
+    val = parts["validation"].head(300)
+    texts, codes = train["Final Narrative"].tolist(), train["Source"].tolist()
+    vt, vc = val["Final Narrative"].tolist(), val["Source"].tolist()
+    cfg = BaselineConfig(max_features=5000, max_iter=100, level_strategy="derived")
+    first = TfidfBaseline(cfg).fit(texts, codes).predict(vt)
+    second = TfidfBaseline(cfg).fit(texts, codes).predict(vt)
+    assert first.code == second.code and np.allclose(first.division_confidence, second.division_confidence)
+    truth = np.array([c[:1] for c in vc])
+    majority = pd.Series([c[:1] for c in codes]).value_counts().index[0]
+    acc = np.mean(np.array(first.division) == truth)
+    assert acc > np.mean(truth == majority) + 0.1          # well above always answering the top division
+    # derived division = summed major-group mass >= the major group's >= the code's (P(mg) * P(code|mg))
+    assert (first.division_confidence >= first.major_group_confidence - 1e-9).all()
+    assert (first.major_group_confidence >= first.code_confidence - 1e-9).all()
+    assert all(c.startswith(m) for c, m in zip(first.code, first.major_group))
+    assert ((first.division_confidence > 0) & (first.division_confidence <= 1 + 1e-9)).all()
+
+
+def test_baseline_best_strategy_records_its_choice(parts: dict[str, pd.DataFrame]) -> None:
+    train = parts["train"].sample(n=1500, random_state=0)
+    val = parts["validation"].head(200)
+    base = TfidfBaseline(BaselineConfig(max_features=5000, max_iter=100)).fit(
+        train["Final Narrative"].tolist(), train["Source"].tolist(),
+        validation=(val["Final Narrative"].tolist(), val["Source"].tolist()))
+    sel = base.selection
+    accs = sel["division_validation_accuracy"]
+    winner = "derived" if accs["derived_from_major_group"] > accs["per_level"] else "per_level"
+    assert sel["strategy"]["division"] == winner
+    assert sel["validation_n"] == 200
+    # the recorded accuracy is what predict() gives on the same rows
+    pred = base.predict(val["Final Narrative"].tolist())
+    truth = np.array([c[:1] for c in val["Source"]])
+    assert np.mean(np.array(pred.division) == truth) == pytest.approx(max(accs.values()))
+
+
+@pytest.mark.slow
+def test_evaluate_writes_the_report(tiny_bundle: Path, osha: pd.DataFrame, tmp_path: Path) -> None:
+    frame = osha.iloc[1000:1060].copy()
+    frame.loc[frame.index[0], "Source"] = ""
+    path = _write_cp1252_csv(frame, tmp_path / "sir.csv")
+    out = tmp_path / "report"
+    config = EvaluationConfig(data=str(path), model=str(tiny_bundle), baseline_config=QUICK)
+    result = evaluate(config, out)
+    for name in ("metrics.json", "confusion_division.png", "reliability.png", "risk_coverage.png", "report.md"):
+        assert (out / name).stat().st_size > 0, name
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["n"] == 59 and m["data"]["rows_without_valid_label"] == 1
+    for block in (m, m["baseline"]):
+        for key in ("division", "major_group"):
+            assert 0 <= block[key]["accuracy"] <= 1 and 0 <= block[key]["macro_f1"] <= 1
+        assert 0 <= block["code"]["accuracy"] <= 1 and 0 <= block["ece"] <= 1 and 0 <= block["aurc"] <= 1
+        assert set(block["accuracy_at_coverage"]) == {"0.5", "0.7", "0.8", "0.9"}
+    assert m["info"]["model_id"] == "tiny-random@0"
+    # division accuracy recomputed from the per-class recall and support
+    per_class = m["per_class_division"]
+    hits = sum(v["recall"] * v["support"] for v in per_class.values())
+    assert hits / m["n"] == pytest.approx(m["division"]["accuracy"])
+    report = (out / "report.md").read_text()
+    assert "| division accuracy |" in report and "baseline" in report and "n = 59" in report
+    assert result["targets"]["division.accuracy"]["target"] == 0.85
+    # same seed, same numbers
+    again = evaluate(config, tmp_path / "again")
+    assert again["baseline"]["division"] == result["baseline"]["division"]
+    assert again["division"] == result["division"]
