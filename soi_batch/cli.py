@@ -20,13 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"soi_batch.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"soi_batch.commands.{name}":
-                continue
-            raise
-        module.add_parser(sub)
+        importlib.import_module(f"soi_batch.commands.{name}").add_parser(sub)
     return parser
 
 
