@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -32,7 +33,8 @@ _MIN_MAJOR_GROUP_PROB = 1e-6
 @dataclass(frozen=True)
 class ClassifierConfig:
     engine: EngineName = "auto"
-    """"hf" (transformers, CPU or GPU), "vllm" (GPU), "auto": vllm if a GPU and vLLM are there, else hf."""
+    """"hf" (transformers, CPU or GPU), "vllm" (GPU), "auto": hf, which measured 2-3x faster than the
+    vLLM engine on an H100 (bench/RESULTS.md); "vllm" stays available by name."""
     batch_size: int = 64
     """Reports per engine call (the HF engine pads within a batch; batches are length-sorted)."""
     top_k: int = 3
@@ -45,6 +47,10 @@ class ClassifierConfig:
     """Prompts longer than this are cut (narrative end) and flagged ``truncated``."""
     engine_options: dict[str, Any] = field(default_factory=dict)
     """Extra engine settings, e.g. {"quantization": "fp8"} for vLLM, {"num_threads": 2} for hf."""
+    concurrent_batches: int | None = None
+    """Engine batches in flight at once, from threads (hf engine only). While one batch's
+    results are turned into codes and the next batch is prepared on the CPU, the GPU runs
+    the other one. None: 2 for the hf engine on a GPU, else 1."""
 
     def __post_init__(self) -> None:
         if self.engine not in ("auto", "hf", "vllm"):
@@ -53,6 +59,8 @@ class ClassifierConfig:
             raise ConfigError(f"batch_size must be ≥ 1, got {self.batch_size}")
         if not 1 <= self.top_k <= 50:
             raise ConfigError(f"top_k must be between 1 and 50, got {self.top_k}")
+        if self.concurrent_batches is not None and self.concurrent_batches < 1:
+            raise ConfigError(f"concurrent_batches must be ≥ 1 or None, got {self.concurrent_batches}")
 
 
 @dataclass(frozen=True)
@@ -77,26 +85,39 @@ def build_engine(bundle: ModelBundle, encoder_prefix: Sequence[int], label_token
     """The engine ``config.engine`` names, loaded from ``bundle``."""
     name = config.engine
     if name == "auto":
-        name = "vllm" if _vllm_usable() else "hf"
+        name = "hf"
     if name == "vllm":
         from soi_batch.engines.vllm_engine import VLLMEngine, VLLMEngineConfig
 
-        return VLLMEngine(bundle, label_token_ids, VLLMEngineConfig(**config.engine_options))
+        return VLLMEngine(bundle, label_token_ids, _engine_config(VLLMEngineConfig, name, config.engine_options))
     from soi_batch.engines.hf import HFEngine, HFEngineConfig
 
     first_digits = [d for d in range(10) if trie.child[0, d] >= 0]
-    return HFEngine(bundle, encoder_prefix, label_token_ids, HFEngineConfig(device=config.device, **config.engine_options),
+    options = {"device": config.device, **config.engine_options}
+    return HFEngine(bundle, encoder_prefix, label_token_ids, _engine_config(HFEngineConfig, name, options),
                     first_level_digits=first_digits)
 
 
-def _vllm_usable() -> bool:
-    import importlib.util
+def _engine_config(cls: type, engine: str, options: dict[str, Any]) -> Any:
+    """``cls(**options)``, with an error that names the unknown options and the known ones."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ConfigError(f"engine {engine!r} has no option(s) {', '.join(unknown)}; "
+                          f"its options are: {', '.join(sorted(known))}")
+    return cls(**options)
 
-    if importlib.util.find_spec("vllm") is None:
-        return False
-    import torch
 
-    return torch.cuda.is_available()
+def _concurrent_batches(config: ClassifierConfig, engine: Engine) -> int:
+    from soi_batch.engines.hf import HFEngine
+
+    if not isinstance(engine, HFEngine):
+        if (config.concurrent_batches or 1) > 1:
+            raise ConfigError(f"concurrent_batches > 1 needs the hf engine; {engine.name} schedules its own batches")
+        return 1
+    if config.concurrent_batches is None:
+        return 2 if engine.device.type == "cuda" else 1
+    return config.concurrent_batches
 
 
 class Classifier:
@@ -114,6 +135,7 @@ class Classifier:
         self.encoder.max_prompt_tokens = min(limit, self.engine.max_prompt_tokens)
         temperature = config.temperature or bundle.calibration.temperature
         self.scorer = LabelScorer(self.engine, self.trie, ScorerConfig(beam=config.beam, temperature=temperature))
+        self.concurrent_batches = _concurrent_batches(config, self.engine)
         self._node_titles = [self.taxonomy.titles.get(p) for p in self.trie.nodes]
         log.info("classifier ready: %s, engine %s, temperature %.3f, review threshold %.3f (%s)",
                  bundle.model_id, self.engine.name, temperature, bundle.calibration.review_threshold,
@@ -134,18 +156,26 @@ class Classifier:
         errors = [e.error for e in encoded]
         rows = [i for i, e in enumerate(encoded) if e.ids is not None]
         rows.sort(key=lambda i: len(encoded[i].ids or ()))
-        parts: list[tuple[list[int], ScoreBatch]] = []
-        for start in range(0, len(rows), self.config.batch_size):
-            chunk = rows[start : start + self.config.batch_size]
+        chunks = [rows[start: start + self.config.batch_size] for start in range(0, len(rows), self.config.batch_size)]
+
+        def score_chunk(chunk: list[int]) -> list[tuple[list[int], ScoreBatch]]:
             try:
-                parts.append((chunk, self.scorer.score([encoded[i].ids for i in chunk])))
+                return [(chunk, self.scorer.score([encoded[i].ids for i in chunk]))]
             except Exception as exc:  # isolate the failing row(s); never lose the batch
                 log.warning("batch of %d failed (%s); scoring its rows one by one", len(chunk), exc)
+                out = []
                 for i in chunk:
                     try:
-                        parts.append(([i], self.scorer.score([encoded[i].ids])))
+                        out.append(([i], self.scorer.score([encoded[i].ids])))
                     except Exception as row_exc:  # noqa: BLE001 - reported per row
                         errors[i] = f"scoring failed: {type(row_exc).__name__}: {row_exc}"
+                return out
+
+        if self.concurrent_batches > 1 and len(chunks) > 1:
+            with ThreadPoolExecutor(self.concurrent_batches, thread_name_prefix="soi-batch") as pool:
+                parts = [part for done in pool.map(score_chunk, chunks) for part in done]
+        else:
+            parts = [part for chunk in chunks for part in score_chunk(chunk)]
         scored_rows = [i for chunk, _ in parts for i in chunk]
         if not parts:
             return [], None, errors

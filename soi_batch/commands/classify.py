@@ -36,7 +36,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ray-address", default=None, help="Ray cluster address (default: start local Ray)")
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--engine", choices=("auto", "hf", "vllm"), default="auto")
-    p.add_argument("--quantization", choices=("fp8",), default=None, help="vLLM weight quantization")
+    p.add_argument("--quantization", choices=("fp8",), default=None,
+                   help="FP8 weights and activations (vllm; hf on GPUs with FP8 tensor cores)")
+    p.add_argument("--compile", action="store_true",
+                   help="hf engine: torch.compile the model (1-2 min start-up, faster on large inputs)")
     p.add_argument("--batch-size", type=int, default=64, help="reports per engine forward pass")
     p.add_argument("--beam", type=int, default=3, help="major groups/groups expanded per report")
     p.add_argument("--num-actors", type=int, default=None, help="Ray actors (default: one per GPU, or 1 on CPU)")
@@ -63,7 +66,11 @@ def run(args: argparse.Namespace) -> int:
         write_empty_output(spec, out, fmt=args.output_format, keep_probabilities=args.keep_probabilities)
         print(f"input {spec.path} has 0 rows: wrote an empty output with the result columns → {out}")
         return 0
-    engine_options = {"quantization": args.quantization} if args.quantization else {}
+    engine_options: dict = {"quantization": args.quantization} if args.quantization else {}
+    if args.compile:
+        if args.engine == "vllm":
+            raise ConfigError("--compile is an option of the hf engine; vLLM compiles on its own (enforce_eager=False)")
+        engine_options["compile"] = True
     config = ClassifierConfig(engine=args.engine, batch_size=args.batch_size, top_k=args.top_k, beam=args.beam,
                               engine_options=engine_options)
     run_id = uuid.uuid4().hex

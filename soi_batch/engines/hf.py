@@ -31,6 +31,13 @@ class HFEngineConfig:
     """"auto": bfloat16 on GPU, float32 on CPU."""
     num_threads: int | None = None
     """torch intra-op threads on CPU (None: torch's default)."""
+    quantization: Literal["fp8"] | None = None
+    """"fp8": linear layers of the decoder blocks in FP8 with rowwise scales (dynamic W8A8,
+    ``soi_batch.engines.fp8``); for GPUs with FP8 tensor cores (compute capability ≥ 8.9)."""
+    compile: bool = False
+    """``torch.compile`` the decoder (dynamic shapes): fuses the norms, rotary and MLP
+    element-wise work; the first batches pay the compile time (about 1-2 minutes), so use it
+    for large jobs."""
 
 
 @dataclass
@@ -80,6 +87,16 @@ class HFEngine(Engine):
             ).to(self.device).eval()
         except (OSError, ValueError) as exc:
             raise BundleError(f"{bundle.path}: cannot load the model weights: {exc}") from exc
+        if config.quantization not in (None, "fp8"):
+            raise ConfigError(f"quantization must be None or 'fp8', got {config.quantization!r}")
+        if config.quantization == "fp8":
+            if self.device.type == "cuda" and torch.cuda.get_device_capability(self.device) < (8, 9):
+                raise ConfigError(f"quantization='fp8' needs FP8 tensor cores (compute capability ≥ 8.9); "
+                                  f"{torch.cuda.get_device_name(self.device)} has none: leave quantization unset")
+            from soi_batch.engines.fp8 import quantize_decoder_fp8
+
+            n_fp8 = quantize_decoder_fp8(self.model.base_model.layers)
+            log.info("HF engine: %d linear layers in FP8 (rowwise dynamic scales)", n_fp8)
         self.label_token_ids = tuple(int(t) for t in label_token_ids)
         head = self.model.get_output_embeddings().weight
         self._label_head = head[list(self.label_token_ids)].detach().clone()
@@ -91,8 +108,11 @@ class HFEngine(Engine):
         self._first_index = {(tok,): j for j, tok in enumerate(self._first_tokens)}
         self._prefix_ids = list(shared_prefix_ids)
         self._prefix_kv = self._run_prefix()
-        log.info("HF engine: %s on %s (%s), shared prefix %d tokens",
-                 type(self.model).__name__, self.device, dtype_name, len(self._prefix_ids))
+        if config.compile:
+            self._decoder = torch.compile(self._decoder, dynamic=True)
+        log.info("HF engine: %s on %s (%s%s%s), shared prefix %d tokens", type(self.model).__name__, self.device,
+                 dtype_name, ", fp8" if config.quantization else "", ", torch.compile" if config.compile else "",
+                 len(self._prefix_ids))
 
     @property
     def max_prompt_tokens(self) -> int:
