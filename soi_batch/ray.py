@@ -34,8 +34,9 @@ class RayOptions:
     """Ray CPU resources each actor reserves (leave some for the read and write tasks)."""
     torch_threads: int | None = None
     """torch threads in each CPU actor (None: this machine's cores / actors)."""
-    batch_size: int = 512
-    """Rows per map_batches call (the classifier sub-batches these for the engine)."""
+    batch_size: int | None = None
+    """Rows per map_batches call; the classifier splits them into engine batches. None: 512 on
+    CPU; on GPUs 8 engine batches, so that concurrent engine batches keep the GPU busy."""
 
 
 class ClassifyBatch:
@@ -78,8 +79,11 @@ def classify_dataset(ds: Any, *, text_col: str, model: str | Path | None = None,
     actors = options.num_actors or (max(1, int(_cluster_gpus() // gpus)) if gpus else 1)
     if gpus and config.device == "auto":
         config = replace(config, device="cuda")
+    batch_size = options.batch_size or (max(512, 8 * config.batch_size) if gpus else 512)
     log.info("Ray Data: %d actor(s), %.2g GPU and %.2g CPU each, batches of %d rows",
-             actors, gpus, options.cpus_per_actor, options.batch_size)
+             actors, gpus, options.cpus_per_actor, batch_size)
+    from ray.data import ActorPoolStrategy
+
     return ds.map_batches(
         ClassifyBatch,
         fn_constructor_kwargs=dict(
@@ -88,8 +92,8 @@ def classify_dataset(ds: Any, *, text_col: str, model: str | Path | None = None,
             torch_threads=None if gpus else (options.torch_threads or max(1, (os.cpu_count() or 1) // actors)),
         ),
         batch_format="pyarrow",
-        batch_size=options.batch_size,
-        concurrency=actors,
+        batch_size=batch_size,
+        compute=ActorPoolStrategy(size=actors),
         num_gpus=gpus,
         num_cpus=options.cpus_per_actor,
     )  # Ray Data's actor pools restart dead actors and retry their batches by default
