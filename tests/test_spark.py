@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pytest
@@ -31,6 +34,7 @@ BAD_TEXTS = [None, "", "   "]
 
 @pytest.fixture(scope="session")
 def spark():
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # workers use this venv, whatever PATH says
     session = (
         SparkSession.builder.master("local[2]")
         .appName("soi-batch-tests")

@@ -74,8 +74,12 @@ def build_base(
     dtype: str = "float32",
     seed: int = 0,
     device: str = "cpu",
+    head_scale: float = 1.0,
 ) -> Path:
-    """Save a random ``MistralForCausalLM`` (safetensors) and its tokenizer into ``out``."""
+    """Save a random ``MistralForCausalLM`` (safetensors) and its tokenizer into ``out``.
+
+    ``head_scale`` multiplies the LM head: random init gives near-flat next-token
+    distributions; a larger head makes probabilities differ visibly (engine tests)."""
     import torch
     from transformers import MistralConfig, MistralForCausalLM
 
@@ -95,6 +99,9 @@ def build_base(
     torch_dtype = getattr(torch, dtype)
     with torch.device(device):
         model = MistralForCausalLM(config).to(torch_dtype)
+    if head_scale != 1.0:
+        with torch.no_grad():
+            model.lm_head.weight.mul_(head_scale)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
