@@ -17,8 +17,10 @@ well); ``--parts`` picks a subset, ``--table`` merges the JSON files into one ta
 Parts: roofline (8192³ bf16 matmul), naive (transformers generate, 16 new tokens, batches of
 128, parse the text), vllm_gen (vLLM generate, defaults, 16 tokens), peer (vLLM generate
 max_tokens=1, logprobs=10, prefix caching), hf_mg (our transformers engine through the
-scorer: division + major group), ours_mg (our vLLM engine, division + major group),
-ours_full (our vLLM engine, the whole trie with beam 3).
+scorer: division + major group), hf_mg_compile (the same with ``compile=True``),
+hf_profile (torch.profiler over two batches of hf_mg), ours_mg (our vLLM engine, division +
+major group), ours_full (our vLLM engine, the whole trie with beam 3).  ``--quant fp8``
+applies to the vLLM parts and to the hf parts (FP8 rowwise linear layers).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import platform
 import re
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -50,14 +53,32 @@ MISTRAL_7B = {
 _CODE = re.compile(r"\d{1,4}")
 
 
+SUFFIX_TOKENS = 6
+"""Every prompt ends with the same 6 tokens ("\\n\\n### Response:\\n")."""
+
+
 def load_prompts(n: int, seed: int = 0) -> tuple[list[list[int]], dict]:
+    """``n`` prompts with the lengths of the real ones, resampled, and all distinct.
+
+    A prompt drawn a second time gets its narrative tokens shuffled (same length, new
+    content): with repeats, vLLM's prefix cache would skip whole repeated prompts, which
+    no real nightly load gives (19,931 of the 19,947 OSHA prompts are distinct).
+    """
     z = np.load(DATA)
     flat, off = z["flat"].astype(np.int64), z["offsets"]
+    p = int(z["shared_prefix_len"])
     rng = np.random.default_rng(seed)
     pick = rng.integers(0, len(off) - 1, size=n)
-    prompts = [flat[off[i]: off[i + 1]].tolist() for i in pick]
-    meta = {"shared_prefix_len": int(z["shared_prefix_len"]), "label_token_ids": z["label_token_ids"].tolist(),
-            "pieces": z["pieces"]}
+    seen: set[int] = set()
+    prompts = []
+    for i in pick.tolist():
+        ids = flat[off[i]: off[i + 1]].copy()
+        if i in seen:
+            rng.shuffle(ids[p: len(ids) - SUFFIX_TOKENS])
+        seen.add(i)
+        prompts.append(ids.tolist())
+    meta = {"shared_prefix_len": p, "label_token_ids": z["label_token_ids"].tolist(), "pieces": z["pieces"],
+            "distinct_prompts": len({tuple(q) for q in prompts})}
     return prompts, meta
 
 
@@ -171,32 +192,96 @@ def _score_all(scorer, prompts, chunk) -> tuple[list, float]:
     return outs, time.perf_counter() - t
 
 
-def part_hf_mg(args, prompts, meta) -> dict:
+def _hf_engine(meta, prefix: list[int], *, compile: bool = False, quant: str | None = None):
+    """Our transformers engine on a random Mistral-7B-shape bundle (saved once per machine)."""
     import torch
 
     from soi_batch.bundle import ModelBundle, new_manifest, write_manifest
-    from soi_batch.engines.hf import HFEngine
+    from soi_batch.engines.hf import HFEngine, HFEngineConfig
     from soi_batch.prompt import PromptTemplate
-    from soi_batch.scorer import LabelScorer, ScorerConfig
 
     bdir = Path("/root/bundle-7b-random")
-    model = _hf_model()
-    t = time.perf_counter()
-    model.save_pretrained(bdir, safe_serialization=True)
-    del model
-    torch.cuda.empty_cache()
     manifest = new_manifest(model_id="mistral-7b-random", model_version="0", prompt=PromptTemplate())
+    if not any(bdir.glob("*.safetensors")):
+        model = _hf_model()
+        model.save_pretrained(bdir, safe_serialization=True)
+        del model
+        torch.cuda.empty_cache()
     write_manifest(bdir, manifest)
-    save_s = time.perf_counter() - t
-    engine = HFEngine(ModelBundle(bdir, manifest), prompts[0][: meta["shared_prefix_len"]], meta["label_token_ids"])
+    return HFEngine(ModelBundle(bdir, manifest), prefix, meta["label_token_ids"],
+                    HFEngineConfig(compile=compile, quantization=quant))
+
+
+def _hf_run(args, prompts, meta, *, compile: bool) -> dict:
+    from soi_batch.scorer import LabelScorer, ScorerConfig
+
+    t = time.perf_counter()
+    p = meta["shared_prefix_len"]
+    engine = _hf_engine(meta, prompts[0][:p], compile=compile, quant=args.quant)
+    load_s = time.perf_counter() - t
     ps = prompts[: args.n_hf]
-    order = np.argsort([len(p) for p in ps], kind="stable")  # length-sorted batches: little padding
+    order = np.argsort([len(q) for q in ps], kind="stable")  # length-sorted batches: little padding
     ps = [ps[i] for i in order]
+    full = args.hf_trie == "full"  # the whole trie, beam 3 (the classify default), or division + major group
+    scorer = LabelScorer(engine, _trie(args.hf_trie), ScorerConfig(beam=3 if full else None))
+    t = time.perf_counter()
+    for i in range(0, min(len(ps), 4 * args.hf_batch), args.hf_batch):  # warm-up (and compile) on all widths
+        scorer.score(ps[i: i + args.hf_batch])
+    scorer.score(ps[-args.hf_batch:])
+    warm_s = time.perf_counter() - t
+    # As Classifier(concurrent_batches=N) does: N batches in flight from N threads, so the GPU
+    # runs one batch while the CPU turns another into codes and prepares the next.
+    chunks = [ps[i: i + args.hf_batch] for i in range(0, len(ps), args.hf_batch)]
+    t = time.perf_counter()
+    with ThreadPoolExecutor(args.hf_threads) as pool:
+        list(pool.map(scorer.score, chunks))
+    dt = time.perf_counter() - t
+    return {"reports": len(ps), "seconds": dt, "prompt_tokens": sum(map(len, ps)), "load_s": load_s,
+            "warmup_s": warm_s, "compile": compile, "quantization": args.quant, "threads": args.hf_threads,
+            "dynamo_counters": _dynamo_counters() if compile else None,
+            "trie": args.hf_trie, "batch": args.hf_batch,
+            "tokens_computed_per_report": None if full else sum(map(len, ps)) / len(ps) - p + 9}
+
+
+def _dynamo_counters() -> dict:
+    from torch._dynamo.utils import counters
+
+    return {k: {str(kk): vv for kk, vv in v.items()} for k, v in counters.items()
+            if k in ("stats", "graph_break", "recompiles", "frames")}
+
+
+def part_hf_mg(args, prompts, meta) -> dict:
+    return _hf_run(args, prompts, meta, compile=False)
+
+
+def part_hf_mg_compile(args, prompts, meta) -> dict:
+    return _hf_run(args, prompts, meta, compile=True)
+
+
+def part_hf_profile(args, prompts, meta) -> dict:
+    """torch.profiler over 2 batches of the eager engine: where the GPU time goes."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from soi_batch.scorer import LabelScorer, ScorerConfig
+
+    engine = _hf_engine(meta, prompts[0][: meta["shared_prefix_len"]], quant=args.quant)
+    ps = sorted(prompts[:4096], key=len)[2048: 2048 + 2 * args.hf_batch]
     scorer = LabelScorer(engine, _trie("mg"), ScorerConfig(beam=None))
-    _, dt = _score_all(scorer, ps, args.hf_batch)
-    return {"reports": len(ps), "seconds": dt, "prompt_tokens": sum(map(len, ps)), "save_load_s": save_s,
-            "tokens_computed_per_report": sum(map(len, ps)) / len(ps) - meta["shared_prefix_len"] + 9,
-            "batch": args.hf_batch}
+    scorer.score(ps[: args.hf_batch])
+    _, wall = timed(lambda: [scorer.score(ps[i: i + args.hf_batch]) for i in range(0, len(ps), args.hf_batch)])
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for i in range(0, len(ps), args.hf_batch):
+            scorer.score(ps[i: i + args.hf_batch])
+        torch.cuda.synchronize()
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=60)
+    (args.out / "hf_profile.txt").write_text(table)
+    print(table, flush=True)
+    events = prof.key_averages()
+    total = sum(e.self_device_time_total for e in events)
+    top = sorted(events, key=lambda e: -e.self_device_time_total)[:15]
+    return {"batches": 2, "batch": args.hf_batch, "wall_s_unprofiled": wall, "gpu_self_us_total": total,
+            "top_self_gpu": [{"name": e.key[:80], "self_us": e.self_device_time_total, "calls": e.count} for e in top]}
 
 
 def _llm(args, **kw):
@@ -277,7 +362,8 @@ def part_ours_full(args, prompts, meta) -> dict:
     return _ours(args, prompts, meta, "full")
 
 
-PARTS = {"roofline": part_roofline, "naive": part_naive, "hf_mg": part_hf_mg, "vllm_gen": part_vllm_gen,
+PARTS = {"roofline": part_roofline, "naive": part_naive, "hf_mg": part_hf_mg, "hf_mg_compile": part_hf_mg_compile,
+         "hf_profile": part_hf_profile, "vllm_gen": part_vllm_gen,
          "peer": part_peer, "ours_mg": part_ours_mg, "ours_full": part_ours_full}
 
 
@@ -294,6 +380,9 @@ def table(folder: Path) -> str:
         if r["part"] == "roofline":
             continue
         res = r["result"]
+        if "reports" not in res:
+            continue
+        r["part"] = r["part"] + (f" ({r['tag']})" if r.get("tag") else "")
         rps = res["reports"] / res["seconds"]
         tps = res["prompt_tokens"] / res["seconds"]
         comp = res.get("tokens_computed_per_report")
@@ -313,6 +402,10 @@ def main() -> int:
     ap.add_argument("--n-naive", type=int, default=2048)
     ap.add_argument("--n-hf", type=int, default=8192)
     ap.add_argument("--hf-batch", type=int, default=256)
+    ap.add_argument("--hf-threads", type=int, default=2, help="batches in flight (hf parts)")
+    ap.add_argument("--hf-trie", choices=("mg", "full"), default="mg",
+                    help="hf parts: division + major group (mg) or the whole trie with beam 3 (full)")
+    ap.add_argument("--tag", default="", help="suffix of the result file name (variants of one part)")
     ap.add_argument("--chunk", type=int, default=20000, help="reports per scorer.score() call (vLLM)")
     ap.add_argument("--mbt", type=int, default=16384)
     ap.add_argument("--mns", type=int, default=1024)
@@ -341,9 +434,11 @@ def main() -> int:
             rec["vllm"] = vllm.__version__
         except ImportError:
             pass
-        (args.out / f"{name}{'-' + args.quant if args.quant else ''}.json").write_text(json.dumps(rec, indent=1))
+        rec["tag"] = args.tag
+        stem = f"{name}{'-' + args.quant if args.quant else ''}{'-' + args.tag if args.tag else ''}"
+        (args.out / f"{stem}.json").write_text(json.dumps(rec, indent=1))
         if "reports" in res:
-            print(f"RESULT {name} {args.quant or 'bf16'}: {res['reports'] / res['seconds']:,.0f} reports/s "
+            print(f"RESULT {stem} {args.quant or 'bf16'}: {res['reports'] / res['seconds']:,.0f} reports/s "
                   f"({res['reports']} in {res['seconds']:.1f} s) {json.dumps({k: v for k, v in res.items() if k not in ('reports', 'seconds')})}",
                   flush=True)
         else:
