@@ -33,7 +33,7 @@ import re
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -427,7 +427,7 @@ def main() -> int:
 
         rec = {"part": name, "quant": args.quant, "result": res, "wall_s": time.perf_counter() - t,
                "gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "python": platform.python_version(),
-               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "quick": args.quick}
+               "date": datetime.now(UTC).isoformat(timespec="seconds"), "quick": args.quick}
         try:
             import vllm
 

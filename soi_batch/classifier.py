@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -142,7 +143,7 @@ class Classifier:
                  bundle.calibration.review_level)
 
     @classmethod
-    def load(cls, model: str | Path | None = None, config: ClassifierConfig = ClassifierConfig()) -> "Classifier":
+    def load(cls, model: str | Path | None = None, config: ClassifierConfig = ClassifierConfig()) -> Classifier:
         """Load a bundle (None: the embedded soi-mini; a directory; or a hub id) and its engine."""
         return cls(load_bundle(model), config)
 
@@ -161,7 +162,7 @@ class Classifier:
         def score_chunk(chunk: list[int]) -> list[tuple[list[int], ScoreBatch]]:
             try:
                 return [(chunk, self.scorer.score([encoded[i].ids for i in chunk]))]
-            except Exception as exc:  # isolate the failing row(s); never lose the batch
+            except Exception as exc:  # noqa: BLE001 - isolate the failing row(s); never lose the batch
                 log.warning("batch of %d failed (%s); scoring its rows one by one", len(chunk), exc)
                 out = []
                 for i in chunk:
@@ -270,7 +271,7 @@ class Classifier:
                     probs["major_group_probs"][i] = [
                         (nodes[x], float(p)) for x, p in zip(trie.major_groups, mg_all[j]) if p >= _MIN_MAJOR_GROUP_PROB
                     ]
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         cols["truncated"] = [e.truncated for e in encoded]
         cols["error"] = errors
         cols["model_id"] = [self.model_id] * n

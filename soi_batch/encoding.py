@@ -6,8 +6,8 @@ exactly the one it was trained on (the template comes from the bundle).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from soi_batch.bundle import ModelBundle
 from soi_batch.errors import BundleError, TokenizerError

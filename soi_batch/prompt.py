@@ -67,7 +67,7 @@ class PromptTemplate:
         return hashlib.sha256(blob).hexdigest()
 
     @classmethod
-    def from_dict(cls, data: dict[str, object]) -> "PromptTemplate":
+    def from_dict(cls, data: dict[str, object]) -> PromptTemplate:
         return cls(**data)  # type: ignore[arg-type]
 
 

@@ -17,8 +17,8 @@ level plus the greedy path; labels under unexpanded nodes keep their mass as
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -193,7 +193,6 @@ class LabelScorer:
 
     def _decode(self, path: np.ndarray, label: np.ndarray) -> ScoreBatch:
         trie, n = self.trie, path.shape[0]
-        rows = np.arange(n)
         division = trie.divisions[path[:, trie.divisions].argmax(axis=1)]
         in_div = trie.ancestor_at(trie.major_groups, 1)[None, :] == division[:, None]
         major = trie.major_groups[np.where(in_div, path[:, trie.major_groups], _NEG).argmax(axis=1)]

@@ -8,11 +8,12 @@ Codes are strings: ``"6"`` is a division, ``"66"`` a major group, ``"662"`` a gr
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Iterable, Literal
+from typing import Literal
 
 from soi_batch.errors import LabelSetError
 
@@ -72,7 +73,7 @@ class Taxonomy:
         """Proper prefixes of ``code`` that are codes, outermost first."""
         return [code[:i] for i in range(1, len(code)) if code[:i] in self.titles]
 
-    def with_labels(self, labels: Iterable[str]) -> "Taxonomy":
+    def with_labels(self, labels: Iterable[str]) -> Taxonomy:
         return Taxonomy(titles=self.titles, levels=self.levels, labels=tuple(sorted(set(labels))))
 
 
