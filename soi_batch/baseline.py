@@ -1,7 +1,8 @@
 """The reference baseline every evaluation report shows next to the model.
 
 TF-IDF word (1–2) and char_wb (2–5) n-grams feeding multinomial logistic regressions
-(scikit-learn, lbfgs), trained on the *train* part of the bundled time-based OSHA split:
+(scikit-learn, lbfgs), trained on the *train* part of the bundled time-based OSHA split
+(or train + validation, ``BaselineConfig.train_on``):
 
 * one LR over the major groups (~70 classes),
 * one LR over the divisions (9 classes),
@@ -13,7 +14,8 @@ minutes of lbfgs on 16 cores, 2026-11-24), hence the conditional code models.
 
 The division answer is either ``"per_level"`` (the division LR) or ``"derived"`` (the
 major-group LR's probabilities summed per division).  ``level_strategy="best"`` (default) fits
-both and keeps the one with the higher validation accuracy, recorded in :attr:`selection`.
+both and keeps the one with the higher validation accuracy, recorded in :attr:`selection`; it
+cannot be used when validation is part of the training rows (``train_on="train+validation"``).
 Everything is seeded (``random_state``) and nothing is written to disk.
 """
 
@@ -26,15 +28,19 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 import numpy as np
+import pandas as pd
 from joblib import Parallel, delayed
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import FeatureUnion
 
+from soi_batch.errors import ConfigError
 from soi_batch.prompt import normalize_narrative
 
 log = logging.getLogger(__name__)
 LevelStrategy = Literal["derived", "per_level", "best"]
+TrainOn = Literal["train", "train+validation"]
+BASELINE_TRAIN_ON: tuple[TrainOn, ...] = ("train", "train+validation")
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,18 @@ class BaselineConfig:
     seed: int = 0
     max_train: int | None = None
     """Train on a seeded sample of this many reports (None: the whole train part); for quick runs."""
+    train_on: TrainOn = "train"
+    """Bundled-split rows :func:`fit_osha_baseline` trains on: ``"train"`` (2015-01..2016-06) or
+    ``"train+validation"`` (2015-01..2016-08; then ``level_strategy`` must be fixed, not "best")."""
+
+    def __post_init__(self) -> None:
+        if self.train_on not in BASELINE_TRAIN_ON:
+            raise ConfigError(f"baseline train_on must be one of {', '.join(BASELINE_TRAIN_ON)}; got {self.train_on!r}")
+        if self.level_strategy not in ("derived", "per_level", "best"):
+            raise ConfigError(f"baseline level_strategy must be derived, per_level or best; got {self.level_strategy!r}")
+        if self.train_on == "train+validation" and self.level_strategy == "best":
+            raise ConfigError("baseline level_strategy 'best' chooses on validation, which train_on="
+                              "'train+validation' trains on; fix it to 'derived' or 'per_level'")
 
 
 @dataclass
@@ -202,22 +220,32 @@ def _clean(texts: Sequence[object]) -> list[str]:
     return [normalize_narrative(t, 10**6)[0] if isinstance(t, str) else "" for t in texts]
 
 
-def fit_osha_baseline(config: BaselineConfig = BaselineConfig()) -> tuple[TfidfBaseline, dict[str, object]]:
-    """The baseline trained on the bundled split's train part, levels chosen on validation.
+def osha_baseline_rows(config: BaselineConfig, parts: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """The bundled-split rows the baseline is trained on (``config.train_on``, ``config.max_train``)."""
+    train = parts["train"]
+    if config.train_on == "train+validation":
+        train = pd.concat([train, parts["validation"]], ignore_index=True)
+    if config.max_train is not None and config.max_train < len(train):
+        train = train.sample(n=config.max_train, random_state=config.seed).sort_index()
+    return train
 
-    Returns the fitted baseline and a provenance record (train size, split fingerprint, seconds).
+
+def fit_osha_baseline(config: BaselineConfig = BaselineConfig()) -> tuple[TfidfBaseline, dict[str, object]]:
+    """The baseline trained on the bundled split's train part (or train + validation, ``config.train_on``);
+    with ``level_strategy="best"`` the division strategy is chosen on validation.
+
+    Returns the fitted baseline and a provenance record (rows, train size, split fingerprint, seconds).
     """
     from soi_batch.evaluate import load_osha_split
 
     parts, fingerprint = load_osha_split()
-    train, validation = parts["train"], parts["validation"]
-    if config.max_train is not None and config.max_train < len(train):
-        train = train.sample(n=config.max_train, random_state=config.seed).sort_index()
+    train, validation = osha_baseline_rows(config, parts), parts["validation"]
     text, label = "Final Narrative", "Source"
     start = time.perf_counter()
     baseline = TfidfBaseline(config).fit(
         train[text].tolist(), train[label].str.strip().tolist(),
-        validation=(validation[text].tolist(), validation[label].str.strip().tolist()),
+        validation=(validation[text].tolist(), validation[label].str.strip().tolist())
+        if config.level_strategy == "best" else None,
     )
-    return baseline, {"n_train": len(train), "split_fingerprint": fingerprint,
+    return baseline, {"train_on": config.train_on, "n_train": len(train), "split_fingerprint": fingerprint,
                       "fit_seconds": time.perf_counter() - start}

@@ -72,6 +72,10 @@ class EvaluationConfig:
     def __post_init__(self) -> None:
         if self.split not in ("train", "validation", "test", "all"):
             raise ConfigError(f"split must be one of train, validation, test, all; got {self.split!r}")
+        if (self.baseline and self.data == OSHA_SIR and self.split in ("validation", "all")
+                and _baseline_config(self).train_on == "train+validation"):
+            raise ConfigError(f"the baseline trained on train+validation cannot be evaluated on the "
+                              f"{self.split!r} part it was trained on; use --split test")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"limit must be ≥ 1, got {self.limit}")
 
@@ -198,9 +202,13 @@ def run_model(config: EvaluationConfig, texts: Sequence[object], labels: Sequenc
     return metrics
 
 
+def _baseline_config(config: EvaluationConfig) -> BaselineConfig:
+    return config.baseline_config or BaselineConfig(seed=config.seed)
+
+
 def run_baseline(config: EvaluationConfig, texts: Sequence[object], labels: Sequence[str]) -> dict[str, Any]:
-    """Fit the TF-IDF baseline on the bundled train part and score it on ``texts``."""
-    baseline, provenance = fit_osha_baseline(config.baseline_config or BaselineConfig(seed=config.seed))
+    """Fit the TF-IDF baseline on the bundled train part (or train + validation) and score it on ``texts``."""
+    baseline, provenance = fit_osha_baseline(_baseline_config(config))
     start = time.perf_counter()
     pred = baseline.predict([t if isinstance(t, str) else "" for t in texts])
     seconds = time.perf_counter() - start
@@ -208,7 +216,7 @@ def run_baseline(config: EvaluationConfig, texts: Sequence[object], labels: Sequ
     correct = np.array([d == t[:1] for d, t in zip(pred.division, labels)])
     metrics["info"] = {
         "method": "TF-IDF word(1-2)+char_wb(2-5) n-grams + logistic regression",
-        "trained_on": f"bundled OSHA split, train part (n={provenance['n_train']})",
+        "trained_on": f"bundled OSHA split, {provenance['train_on']} (n={provenance['n_train']})",
         **provenance,
         **baseline.describe(),
         "reports_per_second": len(texts) / seconds if seconds else float("nan"),

@@ -129,3 +129,30 @@ def test_evaluate_writes_the_report(tiny_bundle: Path, osha: pd.DataFrame, tmp_p
     again = evaluate(config, tmp_path / "again")
     assert again["baseline"]["division"] == result["baseline"]["division"]
     assert again["division"] == result["division"]
+
+
+def test_baseline_on_train_plus_validation(parts: dict[str, pd.DataFrame]) -> None:
+    from soi_batch.baseline import osha_baseline_rows
+    from soi_batch.errors import ConfigError
+
+    both = osha_baseline_rows(BaselineConfig(train_on="train+validation", level_strategy="derived"), parts)
+    assert len(both) == len(parts["train"]) + len(parts["validation"])
+    assert set(parts["validation"]["row_key"]) <= set(both["row_key"])
+    assert len(osha_baseline_rows(BaselineConfig(), parts)) == len(parts["train"])
+    # validation cannot choose the division strategy, nor be evaluated on, once it is trained on
+    with pytest.raises(ConfigError, match="level_strategy"):
+        BaselineConfig(train_on="train+validation")
+    with pytest.raises(ConfigError, match="train\\+validation"):
+        EvaluationConfig(data="osha-sir", split="validation",
+                         baseline_config=BaselineConfig(train_on="train+validation", level_strategy="derived"))
+
+
+def test_evaluate_cli_baseline_train_option() -> None:
+    import argparse
+
+    from soi_batch.commands import evaluate as cmd
+
+    parser = argparse.ArgumentParser()
+    cmd.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["evaluate", "osha-sir", "--report", "r", "--baseline-train", "train+validation"])
+    assert (args.baseline_train, args.baseline_division) == ("train+validation", None)

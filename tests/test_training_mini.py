@@ -60,3 +60,19 @@ def test_tiny_training_produces_loadable_bundle(tmp_path) -> None:
     assert out.logits.shape[-1] == len(tok)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["params"] == sum(p.numel() for p in model.parameters())
+    assert metrics["train_rows"] == 200 and metrics["validation_in_training"] is False
+
+
+def test_train_on_train_plus_validation_trains_on_more_rows(tmp_path) -> None:
+    from training.mini.train import parse_overrides, run
+
+    overrides = parse_overrides(["lm_epochs=0", "train_on=train+validation"])
+    assert overrides["train_on"] == "train+validation"
+    summary = run(TINY.with_overrides(**overrides), tmp_path, "cpu")
+    assert summary["train_rows"] == 400  # 200 train + 200 validation rows (TINY.max_rows=200 each)
+    assert summary["validation_in_training"] is True
+    bundle = load_bundle(tmp_path / "bundle")
+    assert bundle.manifest.metrics["validation_in_training"] is True
+    assert "Not held out" in (tmp_path / "bundle" / "README.md").read_text()
+    with pytest.raises(ValueError, match="train_on"):
+        TINY.with_overrides(train_on="test")

@@ -26,17 +26,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for --limit sampling and the baseline (default: 0)")
     p.add_argument("--batch-size", type=int, default=64, help="reports per engine forward pass")
     p.add_argument("--no-baseline", action="store_true", help="skip the TF-IDF baseline")
+    p.add_argument("--baseline-train", choices=("train", "train+validation"), default="train",
+                   help="bundled-split rows the baseline is fitted on: train (2015-01..2016-06) or "
+                        "train+validation (2015-01..2016-08; then evaluate on test only) (default: %(default)s)")
+    p.add_argument("--baseline-division", choices=("best", "derived", "per_level"), default=None,
+                   help="baseline division answer: the division LR (per_level), the major-group LR summed "
+                        "per division (derived), or whichever is better on validation (best; only with "
+                        "--baseline-train train) (default: best, or derived with train+validation)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from soi_batch.baseline import BaselineConfig
     from soi_batch.evaluate import EvaluationConfig, evaluate
     from soi_batch.metrics import lookup
 
+    level = args.baseline_division or ("best" if args.baseline_train == "train" else "derived")
     config = EvaluationConfig(
         data=args.data, label_col=args.label_col, text_col=args.text_col, model=args.model,
         input_format=args.input_format, encoding=args.encoding, split=args.split, limit=args.limit,
         seed=args.seed, baseline=not args.no_baseline, batch_size=args.batch_size,
+        baseline_config=BaselineConfig(seed=args.seed, train_on=args.baseline_train, level_strategy=level),
     )
     result = evaluate(config, args.report)
     base = result.get("baseline")

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+TRAIN_ON = ("train", "train+validation")
+
 
 @dataclass(frozen=True)
 class ModelShape:
@@ -45,6 +47,14 @@ class TrainConfig:
     max_rows: int | None = None
     """Use only the first N train / validation rows (tests)."""
     max_narrative_tokens: int = 160
+    train_on: str = "train"
+    """Rows both stages (and the tokenizer) are trained on: ``"train"`` (2015-01..2016-06; validation
+    held out) or ``"train+validation"`` (2015-01..2016-08; the per-epoch validation eval is then
+    not held out). Test is never used."""
+
+    def __post_init__(self) -> None:
+        if self.train_on not in TRAIN_ON:
+            raise ValueError(f"train_on must be one of {', '.join(TRAIN_ON)}; got {self.train_on!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

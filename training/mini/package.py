@@ -18,7 +18,7 @@ from training.mini.tokenizer import check_label_contract
 log = logging.getLogger(__name__)
 
 MODEL_ID = "soi-mini"
-MODEL_VERSION = "0.1.0"
+MODEL_VERSION = "0.2.0"
 
 
 def package_bundle(
@@ -47,6 +47,14 @@ def package_bundle(
 def model_card(cfg: TrainConfig, metrics: dict[str, Any], command: str, n_params: int) -> str:
     s = cfg.shape
     v = metrics.get("validation_quick", {})
+    if cfg.train_on == "train+validation":
+        trained_on = ("Trained on train + validation (2015-01..2016-08, "
+                      f"{metrics.get('train_rows', '?')} reports); validation is therefore not held out.")
+        val_note = "\n\n**Not held out**: the model was trained on these validation rows.\n"
+    else:
+        trained_on = ("Trained on train only; validation was held out for model selection and "
+                      "calibration.")
+        val_note = ""
     return f"""# soi-mini {MODEL_VERSION}
 
 Small causal LM (Mistral architecture, trained from scratch) that scores OIICS v2.01 *source of
@@ -60,13 +68,13 @@ injury* codes for workplace accident narratives; soi-batch's embedded CPU defaul
 
 ## Data and split
 OSHA Severe Injury Reports 2015-2016 bundled with soi-batch (`training/split.py`): train
-2015-01..2016-06, validation 2016-07..08 (model selection), test 2016-09..12 (never used in training
-or tuning). Stage 1: language modelling on the train narratives and the OIICS source titles
+2015-01..2016-06, validation 2016-07..08, test 2016-09..12 (never used in training or tuning).
+{trained_on} Stage 1: language modelling on those narratives and the OIICS source titles
 ({cfg.lm_epochs} epochs). Stage 2: `PromptTemplate().render(narrative)` -> code digits + `</s>`
 ({cfg.cls_epochs} epochs, label smoothing {cfg.label_smoothing} over the label tokens, LM loss on the
 narrative at weight {cfg.lm_weight}, token dropout {cfg.token_dropout}, EMA {cfg.ema_decay}).
 
-## Validation (quick metrics from `training/mini/evaluate.py`)
+## Validation (quick metrics from `training/mini/evaluate.py`){val_note}
 | division acc | major-group acc | division macro-F1 |
 | --- | --- | --- |
 | {v.get('division_acc', float('nan')):.4f} | {v.get('major_group_acc', float('nan')):.4f} | {v.get('division_macro_f1', float('nan')):.4f} |

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
@@ -186,6 +187,10 @@ def run(cfg: TrainConfig, out: Path, device: str, eval_every: int = 0, command: 
     train_df, val_df = parts["train"], parts["validation"]
     if cfg.max_rows:
         train_df, val_df = train_df.head(cfg.max_rows), val_df.head(cfg.max_rows)
+    validation_in_training = cfg.train_on == "train+validation"
+    if validation_in_training:  # the quick eval below then runs on rows the model was trained on
+        train_df = pd.concat([train_df, val_df], ignore_index=True)
+    log.info("training on %s: %d rows", cfg.train_on, len(train_df))
     tok = train_tokenizer(tokenizer_corpus(train_df, prompt), cfg.shape.vocab_size, lowercase=cfg.lowercase)
     check_label_contract(tok, prompt.render(val_df[TEXT_COL].iloc[0]), sorted({*train_df["Source"], "8621"}))
     model = build_model(cfg, tok).to(device)
@@ -200,13 +205,16 @@ def run(cfg: TrainConfig, out: Path, device: str, eval_every: int = 0, command: 
     metrics = {k: v for k, v in history[-1].items() if k not in ("epoch", "loss")}
     summary = {
         "params": n_params, "lm_final_loss": lm_loss, "seconds_lm": round(t_lm, 1),
-        "seconds_total": round(time.time() - t0, 1), "validation": metrics, "history": history,
+        "seconds_total": round(time.time() - t0, 1), "train_on": cfg.train_on, "train_rows": len(train_df),
+        "validation_in_training": validation_in_training, "validation": metrics, "history": history,
         "config": cfg.to_dict(),
     }
     out.mkdir(parents=True, exist_ok=True)
     bundle_dir = package_bundle(
         shipped.cpu(), tok, out / "bundle", cfg=cfg, data_fingerprint=data_fp,
-        metrics={"validation_quick": metrics, "validation_rows": len(val_df)}, command=command,
+        metrics={"validation_quick": metrics, "validation_rows": len(val_df), "train_on": cfg.train_on,
+                 "train_rows": len(train_df), "validation_in_training": validation_in_training},
+        command=command,
         n_params=n_params,
     )
     summary["bundle"] = str(bundle_dir)
