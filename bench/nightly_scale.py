@@ -41,24 +41,37 @@ log = logging.getLogger("nightly_scale")
 class MemorySampler(threading.Thread):
     """Peak RSS of this process, and peak RSS / PSS summed over it and all its descendants."""
 
-    def __init__(self, interval: float = 1.0) -> None:
+    def __init__(self, interval: float = 1.0, series_every: float = 30.0) -> None:
         super().__init__(daemon=True)
         self.interval, self.stop = interval, threading.Event()
         self.me = psutil.Process()
         self.peak = {"driver_rss": 0, "total_rss": 0, "total_pss": 0, "workers_rss": 0}
         self.samples = 0
+        self.series: list[dict] = []
+        """Every ``series_every`` s: seconds since start, driver RSS and total PSS (GiB), and the
+        three largest processes by PSS — to tell growth with rows from caches that fill up."""
+        self.series_every, self.started = series_every, time.monotonic()
 
     def run(self) -> None:
         while not self.stop.is_set():
             driver = self.me.memory_info().rss
             total_rss, total_pss = driver, self.me.memory_full_info().pss
+            by_pss = [(total_pss, "driver")]
             for child in self.me.children(recursive=True):
                 try:
                     info = child.memory_full_info()
+                    name = " ".join(child.cmdline()[:2])[-60:] or child.name()
                 except psutil.Error:
                     continue
                 total_rss += info.rss
                 total_pss += info.pss
+                by_pss.append((info.pss, name))
+            now = time.monotonic() - self.started
+            if not self.series or now - self.series[-1]["t"] >= self.series_every:
+                top = sorted(by_pss, reverse=True)[:3]
+                self.series.append({"t": round(now), "driver_rss_gib": round(driver / GiB, 3),
+                                    "total_pss_gib": round(total_pss / GiB, 3),
+                                    "top_pss_gib": [[n, round(p / GiB, 3)] for p, n in top]})
             for key, value in (("driver_rss", driver), ("total_rss", total_rss), ("total_pss", total_pss),
                                ("workers_rss", total_rss - driver)):
                 self.peak[key] = max(self.peak[key], value)
@@ -118,6 +131,7 @@ def measure(rows: int, work: Path, bundle: Path, chunk_rows: int) -> dict:
         "peak_total_rss_gib": round(sampler.peak["total_rss"] / GiB, 3),
         "peak_total_pss_gib": round(sampler.peak["total_pss"] / GiB, 3),
         "memory_samples": sampler.samples,
+        "memory_series": sampler.series,
     }
 
 
