@@ -100,7 +100,7 @@ def write_input(path: Path, rows: int, *, batch_rows: int = 50_000, seed: int = 
     write_deltalake(str(path), pa.RecordBatchReader.from_batches(schema, batches()), mode="overwrite")
 
 
-def measure(rows: int, work: Path, bundle: Path, chunk_rows: int) -> dict:
+def measure(rows: int, work: Path, bundle: Path, chunk_rows: int, series_every: float = 30.0) -> dict:
     from soi_batch.nightly import NightlyConfig, run_nightly
 
     inp, out = work / f"input_{rows}", work / f"out_{rows}"
@@ -109,7 +109,7 @@ def measure(rows: int, work: Path, bundle: Path, chunk_rows: int) -> dict:
     t = time.perf_counter()
     write_input(inp, rows)
     write_s = time.perf_counter() - t
-    sampler = MemorySampler()
+    sampler = MemorySampler(series_every=series_every)
     sampler.start()
     manifest = run_nightly(NightlyConfig(input=str(inp), output=str(out), model=str(bundle), chunk_rows=chunk_rows,
                                          ray_num_cpus=2))
@@ -141,6 +141,7 @@ def main() -> int:
     ap.add_argument("--work", type=Path, default=Path("/tmp/nightly_scale"))
     ap.add_argument("--chunk-rows", type=int, default=5000)
     ap.add_argument("--results", type=Path, default=RESULTS)
+    ap.add_argument("--series-every", type=float, default=30.0, help="seconds between memory-series points")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -163,7 +164,7 @@ def main() -> int:
     import ray
 
     for rows in args.rows:
-        result = measure(rows, args.work, bundle, args.chunk_rows)
+        result = measure(rows, args.work, bundle, args.chunk_rows, args.series_every)
         result["load_average_after"] = [round(x, 1) for x in os.getloadavg()]
         report["runs"].append(result)
         log.info("scale %d: %s", rows, result)
