@@ -26,6 +26,15 @@ def test_bad_config_is_rejected_before_loading():
         ClassifierConfig(top_k=0)
 
 
+def test_bad_hf_engine_settings_fail_before_any_weights_load():
+    from soi_batch.engines.hf import HFEngineConfig
+
+    with pytest.raises(ConfigError, match="quantization must be None or 'fp8'"):
+        HFEngineConfig(quantization="int4")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="dtype must be"):
+        HFEngineConfig(dtype="fp64")  # type: ignore[arg-type]
+
+
 def test_unknown_engine_option_names_the_option_and_the_known_ones(tiny_bundle):
     with pytest.raises(ConfigError, match=r"no option\(s\) quantisation.*quantization|no option\(s\) quantisation.*compile"):
         Classifier.load(tiny_bundle, ClassifierConfig(engine="hf", engine_options={"quantisation": "fp8"}))

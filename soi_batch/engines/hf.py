@@ -40,6 +40,12 @@ class HFEngineConfig:
     element-wise work; the first batches pay the compile time (about 1-2 minutes), so use it
     for large jobs."""
 
+    def __post_init__(self) -> None:
+        if self.quantization not in (None, "fp8"):
+            raise ConfigError(f"quantization must be None or 'fp8', got {self.quantization!r}")
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ConfigError(f"dtype must be auto, float32, bfloat16 or float16; got {self.dtype!r}")
+
 
 @dataclass
 class _Batch:
@@ -88,8 +94,6 @@ class HFEngine(Engine):
             ).to(self.device).eval()
         except (OSError, ValueError) as exc:
             raise BundleError(f"{bundle.path}: cannot load the model weights: {exc}") from exc
-        if config.quantization not in (None, "fp8"):
-            raise ConfigError(f"quantization must be None or 'fp8', got {config.quantization!r}")
         if config.quantization == "fp8":
             if self.device.type == "cuda" and torch.cuda.get_device_capability(self.device) < (8, 9):
                 raise ConfigError(f"quantization='fp8' needs FP8 tensor cores (compute capability ≥ 8.9); "
