@@ -26,7 +26,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ray-address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or local Ray)")
     p.add_argument("--ray-num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
     p.add_argument("--manifest-dir", default=None, help="run manifests (default: <output>_manifests)")
-    p.add_argument("--chunk-rows", type=int, default=None, help="rows per MERGE commit (default: 5000)")
+    p.add_argument("--chunk-rows", type=int, default=None, help="rows per commit (default: 5000)")
     p.add_argument("--retry-errors", action="store_true", default=None, help="re-classify rows with error set")
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)

@@ -120,8 +120,12 @@ def write_results(ds: Any, path: str | Path, *, fmt: OutputFormat) -> None:
         ds.write_parquet(str(path))
 
 
-def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None:
-    """Start local Ray (no dashboard) or connect to ``address``; a no-op when already running."""
+def init_ray(address: str | None = None, *, num_cpus: int | None = None,
+             object_store_memory: int | None = None) -> None:
+    """Start local Ray (no dashboard) or connect to ``address``; a no-op when already running.
+
+    ``num_cpus`` and ``object_store_memory`` (bytes) size a local Ray; a cluster keeps its own.
+    """
     import ray
 
     if ray.is_initialized():
@@ -129,5 +133,5 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=True,
-                 configure_logging=True, logging_level=logging.WARNING)
+        ray.init(num_cpus=num_cpus or os.cpu_count(), object_store_memory=object_store_memory,
+                 include_dashboard=False, log_to_driver=True, configure_logging=True, logging_level=logging.WARNING)

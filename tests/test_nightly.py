@@ -72,7 +72,10 @@ def test_config_from_yaml_and_overrides(tmp_path: Path) -> None:
     assert c.classifier_config().batch_size == 8 and c.ray_options().num_actors == 2
     assert c.resolved_manifest_dir == "c_manifests"
     example = NightlyConfig.build(REPO / "jobs" / "nightly.example.yml")
-    assert example.chunk_rows == 5000
+    assert example.chunk_rows == 5000 and example.classifier_config().engine == "auto"
+    assert example.ray_options().batch_size is None
+    with pytest.raises(ConfigError, match="max_restarts"):  # an unknown Ray setting fails at build time
+        NightlyConfig.build(y, ray={"max_restarts": 3})
     with pytest.raises(ConfigError, match="chunk_rows"):
         NightlyConfig.build(y, chunk_rows=0)
     with pytest.raises(ConfigError, match="nope"):
@@ -120,6 +123,10 @@ def test_incremental_runs(tmp_path: Path, osha: pd.DataFrame, tiny_bundle: Path,
     assert m3.counts.selected_by_reason == {"new": 100, "text_changed": 5, "model_changed": 0, "retry_error": 2}
     assert (m3.counts.classified, m3.counts.inserted, m3.counts.updated) == (107, 100, 7)
     assert m3.counts.skipped == 293 and m3.input_version == 1
+    # new ids are appended (no scan of the output), known ids MERGEd
+    m3_ops = {h["operation"] for h in DeltaTable(str(tmp_path / "out")).history()
+              if h.get("soi_batch_run_id") == m3.run_id}
+    assert m3_ops == {"WRITE", "MERGE"}
     out = _output(tmp_path / "out")
     assert len(out) == 400 and out["row_key"].is_unique
     new_text = _sha("Employee was struck by a falling pallet jack and fractured a foot.")

@@ -1,4 +1,4 @@
-"""The nightly incremental job: classify new/changed reports and MERGE them into a Delta table."""
+"""The nightly incremental job: classify new/changed reports and commit them to a Delta table by id."""
 
 from soi_batch.nightly.config import NightlyConfig
 from soi_batch.nightly.manifest import RunManifest

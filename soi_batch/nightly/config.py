@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from soi_batch.classifier import ClassifierConfig
 from soi_batch.errors import ConfigError
@@ -46,6 +46,10 @@ class NightlyConfig(BaseModel):
     ray_address: str | None = None
     ray_num_cpus: int | None = None
     """CPUs of a local Ray (None: all cores); ignored with ``ray_address``."""
+    ray_object_store_memory: int | None = Field(default=None, ge=100 * 2**20)
+    """Bytes of a local Ray's object store (None: Ray's default, 30 % of RAM); ignored with
+    ``ray_address``.  Workers map the store's pages, so this bounds the memory the run's
+    blocks can ever take (Ray spills to disk beyond it)."""
     ray_progress_bars: bool = False
     """Show Ray Data's own progress bars besides the job's tqdm bar over committed rows."""
     classifier: dict[str, Any] = Field(default_factory=dict)
@@ -60,16 +64,22 @@ class NightlyConfig(BaseModel):
             raise ValueError("must not be empty")
         return value
 
+    @model_validator(mode="after")
+    def _settings_build(self) -> NightlyConfig:
+        self.classifier_config()  # unknown or invalid engine/Ray settings fail here, before any work
+        self.ray_options()
+        return self
+
     def classifier_config(self) -> ClassifierConfig:
         try:
             return ClassifierConfig(**self.classifier)
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:
             raise ConfigError(f"classifier settings {self.classifier}: {exc}") from exc
 
     def ray_options(self) -> RayOptions:
         try:
             return RayOptions(**self.ray)
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:
             raise ConfigError(f"ray settings {self.ray}: {exc}") from exc
 
     @property

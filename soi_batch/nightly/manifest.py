@@ -52,8 +52,8 @@ class RunManifest(BaseModel):
     chunks_committed: int = 0
     chunk_rows: int
     counts: Counts = Field(default_factory=Counts)
-    merge_seconds: float = 0.0
-    """Time spent in Delta MERGE commits (the rest of the classify phase is Ray work)."""
+    commit_seconds: float = 0.0
+    """Time spent in Delta commits, appends and MERGEs (the rest of the classify phase is Ray work)."""
     rows_per_second: float | None = None
     """Committed rows / seconds spent classifying and merging (model load included)."""
     label_distribution: dict[str, float] = Field(default_factory=dict)

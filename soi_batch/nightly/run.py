@@ -1,13 +1,14 @@
-"""The nightly run: select → stage → classify on Ray Data → MERGE chunk by chunk → manifest.
+"""The nightly run: select → stage → classify on Ray Data → commit chunk by chunk → manifest.
 
 :func:`run_nightly` takes a :class:`~soi_batch.nightly.config.NightlyConfig` and returns the
 run's :class:`~soi_batch.nightly.manifest.RunManifest`.  It is safe to re-run at any time:
 
 * rows already classified by this model version with the same text are skipped;
-* results are committed in chunks of ``chunk_rows`` rows, each its own Delta MERGE, so a killed
-  run keeps every committed chunk and the next run classifies only what is left;
-* a dead Ray actor is restarted and its batch retried (``RayOptions.max_restarts``); a row that
-  cannot be scored is committed with ``error`` set, never dropped.
+* results are committed in chunks of ``chunk_rows`` rows (new ids appended, known ids MERGEd:
+  :mod:`soi_batch.nightly.sink`), so a killed run keeps every committed chunk and the next run
+  classifies only what is left;
+* a dead Ray actor is restarted and its batches retried (Ray Data's actor-pool defaults); a row
+  that cannot be scored is committed with ``error`` set, never dropped.
 
 One writer per output table at a time (schedule with ``max_active_runs=1`` / a lock).
 """
@@ -153,7 +154,7 @@ def _classify_and_merge(config: NightlyConfig, manifest: RunManifest, sink: Delt
 
     from soi_batch.ray import classify_dataset, init_ray
 
-    init_ray(config.ray_address, num_cpus=config.ray_num_cpus)
+    init_ray(config.ray_address, num_cpus=config.ray_num_cpus, object_store_memory=config.ray_object_store_memory)
     ray.data.DataContext.get_current().enable_progress_bars = config.ray_progress_bars
     # blocks of chunk_rows rows: each actor task then returns about one chunk's results, so commits
     # follow classification (one huge read block would be classified whole before any commit)
@@ -163,18 +164,18 @@ def _classify_and_merge(config: NightlyConfig, manifest: RunManifest, sink: Delt
     counts = manifest.counts
     with tqdm(total=counts.selected, unit="rows", desc="classified+committed", dynamic_ncols=True) as bar:
         for chunk in ds.iter_batches(batch_size=config.chunk_rows, batch_format="pyarrow", prefetch_batches=1):
-            result = sink.merge(chunk)
+            result = sink.commit(chunk)
             errors = chunk.num_rows - chunk.column("error").null_count
             counts.classified += chunk.num_rows
             counts.errors += errors
             counts.inserted += result.inserted
             counts.updated += result.updated
             manifest.chunks_committed += 1
-            manifest.merge_seconds = round(manifest.merge_seconds + result.seconds, 3)
+            manifest.commit_seconds = round(manifest.commit_seconds + result.seconds, 3)
             manifest.output_version_end = result.version
             ok = chunk.filter(pc.is_null(chunk.column("error"))).column("division_code")
             divisions.update({c["values"]: c["counts"] for c in pc.value_counts(ok.drop_null()).to_pylist()})
-            log.info("chunk %d: %d rows (%d errors) → %s v%d (%d inserted, %d updated, merge %.2f s)",
+            log.info("chunk %d: %d rows (%d errors) → %s v%d (%d inserted, %d updated, %d commit(s) in %.2f s)",
                      manifest.chunks_committed, chunk.num_rows, errors, sink.uri, result.version, result.inserted,
-                     result.updated, result.seconds)
+                     result.updated, result.commits, result.seconds)
             bar.update(chunk.num_rows)

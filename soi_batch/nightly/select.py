@@ -7,7 +7,8 @@ Two streaming passes over the input, in input order, never holding the narrative
    without an id, and compares the rest with the output table's ``(id, text_sha256, model_id,
    error)``.  The driver holds one id + one digest per input row (O(rows), no texts).
 2. :func:`stage_rows` reads the input again and writes only the selected rows (all columns plus
-   ``text_sha256``) as Parquet files of ``chunk_rows`` rows, which Ray Data then reads.
+   ``text_sha256`` and ``_soi_new_id``: the id is not in the output yet, so the sink appends the
+   row instead of MERGEing it) as Parquet files of ``chunk_rows`` rows, which Ray Data then reads.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import pyarrow.parquet as pq
 
 from soi_batch.errors import InputReadError, InputSchemaError
 from soi_batch.io import InputSpec, csv_options
+from soi_batch.nightly.sink import NEW_ID_COL
 
 log = logging.getLogger(__name__)
 TEXT_SHA_COL = "text_sha256"
@@ -101,6 +103,8 @@ class Selection:
 
     mask: np.ndarray
     """One bool per input row in input order: classify it now."""
+    new: np.ndarray
+    """One bool per input row: selected, and its id is not in the output table."""
     digests: pa.ChunkedArray
     """``text_sha256`` of every input row, in input order."""
     rows_read: int = 0
@@ -154,7 +158,7 @@ def select_rows(source: InputSource, state: pa.Table | None, *, id_col: str, tex
 
     reasons = {"new": 0, "text_changed": 0, "model_changed": 0, "retry_error": 0}
     if state is None or state.num_rows == 0:
-        chosen = last.column("pos")
+        chosen = new_pos = last.column("pos")
         reasons["new"] = last.num_rows
         up_to_date = 0
     else:
@@ -171,6 +175,7 @@ def select_rows(source: InputSource, state: pa.Table | None, *, id_col: str, tex
         if retry_errors:
             need = pc.or_(need, errored)
         chosen = joined.filter(need).column("pos")
+        new_pos = joined.filter(is_new).column("pos")
         up_to_date = joined.num_rows - len(chosen)
         # one reason per row, in this precedence: new > text_changed > model_changed > retry_error
         reasons["new"] = pc.sum(is_new).as_py() or 0
@@ -181,7 +186,9 @@ def select_rows(source: InputSource, state: pa.Table | None, *, id_col: str, tex
             reasons["retry_error"] = pc.sum(pc.and_(errored, rest)).as_py() or 0
     mask = np.zeros(n, dtype=bool)
     mask[np.asarray(chosen.to_numpy(), dtype=np.int64)] = True
-    sel = Selection(mask, all_digests, rows_read=n, duplicate_ids_dropped=duplicates, null_ids_dropped=null_ids,
+    new = np.zeros(n, dtype=bool)
+    new[np.asarray(new_pos.to_numpy(), dtype=np.int64)] = True
+    sel = Selection(mask, new, all_digests, rows_read=n, duplicate_ids_dropped=duplicates, null_ids_dropped=null_ids,
                     up_to_date=up_to_date, reasons=reasons)
     log.info("input %s: %d rows, %d duplicate ids dropped (last row kept), %d without id; "
              "%d up to date, %d to classify %s", source.spec.path, n, duplicates, null_ids, up_to_date,
@@ -200,10 +207,11 @@ def stage_rows(source: InputSource, selection: Selection, staging: Path, *, rows
     for batch in source.batches():
         take = selection.mask[pos : pos + batch.num_rows]
         digests = selection.digests.slice(pos, batch.num_rows)
+        new = pa.array(selection.new[pos : pos + batch.num_rows])
         pos += batch.num_rows
         if not take.any():
             continue
-        table = pa.Table.from_batches([batch]).append_column(TEXT_SHA_COL, digests)
+        table = pa.Table.from_batches([batch]).append_column(TEXT_SHA_COL, digests).append_column(NEW_ID_COL, new)
         table = table.filter(pa.array(take))
         start = 0
         while start < table.num_rows:
