@@ -1,8 +1,8 @@
 """Memory and throughput of the nightly job at scale (CPU path, streaming, chunked MERGE).
 
 Writes a synthetic Delta input of N rows — narratives resampled from the bundled OSHA SIR
-(``training.split.read_osha_sir``), ids ``syn-00000000``.. in input order — in batches of
-50,000 rows, in a separate process (so the driver's memory is the job's alone), then runs
+(``training.split.read_osha_sir``), ids ``syn-00000000``.. in input order — in batches and
+Parquet row groups of 50,000 rows, in a separate process (so the driver's memory is the job's alone), then runs
 :func:`run_nightly` on it with a local Ray while a thread samples the memory of the driver and
 every process it started (raylet, GCS, Ray Data workers, the classifier actor).  The driver's
 peak is reported for the selection phase (before Ray starts) and the classify-and-commit phase
@@ -114,7 +114,7 @@ class MemorySampler(threading.Thread):
 
 
 def write_input(path: Path, rows: int, *, batch_rows: int = 50_000, seed: int = 0) -> None:
-    from deltalake import write_deltalake
+    from deltalake import WriterProperties, write_deltalake
 
     from training.split import read_osha_sir
 
@@ -131,7 +131,10 @@ def write_input(path: Path, rows: int, *, batch_rows: int = 50_000, seed: int = 
             yield pa.record_batch([pa.array([f"syn-{i:08d}" for i in range(start, start + n)]),
                                    event.take(pick), texts.take(pick)], schema=schema)
 
-    write_deltalake(str(path), pa.RecordBatchReader.from_batches(schema, batches()), mode="overwrite")
+    # row groups of batch_rows rows (delta-rs would otherwise write one row group of up to 1 M rows,
+    # and a Parquet reader holds a whole row group of the columns it reads)
+    write_deltalake(str(path), pa.RecordBatchReader.from_batches(schema, batches()), mode="overwrite",
+                    writer_properties=WriterProperties(max_row_group_size=batch_rows))
 
 
 def measured_run(config, series_every: float) -> dict:

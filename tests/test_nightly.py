@@ -24,8 +24,10 @@ from deltalake import DeltaTable, write_deltalake
 
 from soi_batch.bundle import load_bundle, write_manifest
 from soi_batch.errors import ConfigError
+from soi_batch.io import inspect_input
 from soi_batch.nightly import NightlyConfig, run_nightly
 from soi_batch.nightly.manifest import RunManifest, total_variation
+from soi_batch.nightly.select import TEXT_SHA_COL, InputSource, RowBits, open_state, select_rows
 
 REPO = Path(__file__).resolve().parents[1]
 COLS = ["row_key", "ID", "EventDate", "Final Narrative", "Source"]
@@ -80,6 +82,50 @@ def test_config_from_yaml_and_overrides(tmp_path: Path) -> None:
         NightlyConfig.build(y, chunk_rows=0)
     with pytest.raises(ConfigError, match="nope"):
         NightlyConfig.build(y, nope=1)
+
+
+def test_row_bits() -> None:
+    bits = RowBits(21)
+    bits.set([0, 7, 8, 20])
+    assert bits.count() == 4
+    assert list(bits.get(0, 21).nonzero()[0]) == [0, 7, 8, 20]
+    assert list(bits.get(5, 5)) == [False, False, True, True, False]  # rows 5..9, across a byte boundary
+
+
+def test_selection_is_the_same_in_one_bucket_or_many(tmp_path: Path, osha: pd.DataFrame) -> None:
+    """Bucketing bounds the driver's memory; it must not change what is selected or why."""
+    rows = _rows(osha, 0, 120)
+    dups = rows.iloc[[3, 50, 99]].copy()
+    dups["Final Narrative"] = dups["Final Narrative"] + " (amended)"
+    nulls = rows.iloc[[5]].copy()
+    nulls["row_key"] = None
+    _write(tmp_path / "input", pd.concat([rows, dups, nulls], ignore_index=True))
+    state = rows.iloc[:80][["row_key"]].copy()  # 80 known ids: 60 current, 10 text changed, 10 other model
+    state[TEXT_SHA_COL] = [_sha(t) for t in rows["Final Narrative"].iloc[:80]]
+    state.loc[60:69, TEXT_SHA_COL] = "0" * 64
+    state["model_id"] = ["m@1"] * 70 + ["m@0"] * 10
+    state["error"] = [None] * 79 + ["failed"]
+    _write(tmp_path / "out", state)
+    source = InputSource.open(inspect_input(str(tmp_path / "input")))
+
+    def select(bucket_rows: int):
+        return select_rows(source, open_state(str(tmp_path / "out"), "row_key"), id_col="row_key",
+                           text_col="Final Narrative", model_id="m@1", work_dir=tmp_path / "w",
+                           retry_errors=True, bucket_rows=bucket_rows)
+
+    one, many = select(10_000), select(7)
+    assert (one.buckets, many.buckets) == (1, 18) and not (tmp_path / "w").exists()
+    assert one.reasons == many.reasons == {"new": 40, "text_changed": 12, "model_changed": 10, "retry_error": 0}
+    for sel in (one, many):
+        assert (sel.rows_read, sel.duplicate_ids_dropped, sel.null_ids_dropped) == (124, 3, 1)
+        assert sel.up_to_date == 120 - 62 and sel.selected == 62  # 120 distinct ids
+    n = one.rows_read
+    assert (one.selected_rows.get(0, n) == many.selected_rows.get(0, n)).all()
+    assert (one.new_ids.get(0, n) == many.new_ids.get(0, n)).all()
+    selected = set(one.selected_rows.get(0, n).nonzero()[0])
+    # ids 3, 50, 99 reappear amended at positions 120-122: the last row wins; 123 has no id
+    assert selected == set(range(60, 80)) | set(range(80, 120)) - {99} | {120, 121, 122}
+    assert set(one.new_ids.get(0, n).nonzero()[0]) == set(range(80, 120)) - {99} | {122}
 
 
 def test_total_variation() -> None:

@@ -31,7 +31,7 @@ from soi_batch.bundle import load_bundle
 from soi_batch.io import inspect_input
 from soi_batch.nightly.config import NightlyConfig
 from soi_batch.nightly.manifest import Counts, RunManifest, distribution, previous_manifest, total_variation
-from soi_batch.nightly.select import TEXT_SHA_COL, InputSource, read_state, select_rows, stage_rows
+from soi_batch.nightly.select import TEXT_SHA_COL, InputSource, open_state, select_rows, stage_rows
 from soi_batch.nightly.sink import DeltaSink
 from soi_batch.schema import PROBABILITIES_SCHEMA, RESULT_SCHEMA
 
@@ -103,10 +103,10 @@ def _run(config: NightlyConfig, manifest: RunManifest, source: InputSource, mode
          classifier_config, ray_options, staging: Path) -> None:
     schema = output_schema(source, keep_probabilities=config.keep_probabilities)
     sink = DeltaSink(config.output, config.id_col, schema, run_id=manifest.run_id)
-    state = read_state(config.output, config.id_col)
-    selection = select_rows(source, state, id_col=config.id_col, text_col=config.text_col,
-                            model_id=manifest.model_id, retry_errors=config.retry_errors)
-    del state
+    _clean_stale_staging(staging.parent, keep=staging.name)
+    selection = select_rows(source, open_state(config.output, config.id_col), id_col=config.id_col,
+                            text_col=config.text_col, model_id=manifest.model_id, retry_errors=config.retry_errors,
+                            work_dir=staging / "_select")
     counts: Counts = manifest.counts
     counts.read, counts.duplicate_ids_dropped = selection.rows_read, selection.duplicate_ids_dropped
     counts.null_ids_dropped, counts.skipped = selection.null_ids_dropped, selection.up_to_date
@@ -114,8 +114,7 @@ def _run(config: NightlyConfig, manifest: RunManifest, source: InputSource, mode
     manifest.output_version_start = manifest.output_version_end = sink.ensure_table()
     divisions: Counter[str] = Counter()
     if selection.selected:
-        _clean_stale_staging(staging.parent, keep=staging.name)
-        stage_rows(source, selection, staging, rows_per_file=config.chunk_rows)
+        stage_rows(source, selection, staging, text_col=config.text_col, rows_per_file=config.chunk_rows)
         del selection
         start = time.perf_counter()
         _classify_and_merge(config, manifest, sink, model_path, classifier_config, ray_options, staging, divisions)

@@ -1,11 +1,14 @@
 """What needs classifying: new ids, changed texts, another model version (and, on request, errors).
 
-Two streaming passes over the input, in input order, never holding the narratives:
+Two streaming passes over the input, in input order, in memory bounded by ``bucket_rows``:
 
-1. :func:`select_rows` reads the id and text columns batch by batch, keeps each row's id and
-   the sha256 of its text, drops duplicated ids (the **last** row in input order wins) and rows
-   without an id, and compares the rest with the output table's ``(id, text_sha256, model_id,
-   error)``.  The driver holds one id + one digest per input row (O(rows), no texts).
+1. :func:`select_rows` reads the id and text columns batch by batch and writes each row's
+   ``(id, position, sha256 of the text)`` to one of B Parquet bucket files by a hash of the id;
+   the output table's ``(id, text_sha256, model_id, error)`` is bucketed the same way.  Each
+   bucket pair is then read alone (about ``bucket_rows`` rows): duplicated ids dropped (the
+   **last** row in input order wins), rows without an id dropped, the rest compared with the
+   output's state.  What stays on the driver is two bits per input row (selected; id new to
+   the output), never ids, digests or narratives.
 2. :func:`stage_rows` reads the input again and writes only the selected rows (all columns plus
    ``text_sha256`` and ``_soi_new_id``: the id is not in the output yet, so the sink appends the
    row instead of MERGEing it) as Parquet files of ``chunk_rows`` rows, which Ray Data then reads.
@@ -16,6 +19,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +38,7 @@ from soi_batch.nightly.sink import NEW_ID_COL
 
 log = logging.getLogger(__name__)
 TEXT_SHA_COL = "text_sha256"
+_NO_PREBUFFER = pads.ParquetFragmentScanOptions(pre_buffer=False)
 _NULL_TEXT_DIGEST = hashlib.sha256(b"\xff<null>").hexdigest()  # b"\xff" is never valid UTF-8 text
 
 
@@ -85,7 +91,15 @@ class InputSource:
                 yield from reader
             return
         for fragment in self._fragments:
-            yield from fragment.to_batches(schema=self.schema, columns=columns, use_threads=False, batch_size=65536)
+            # no pre-buffering: Arrow would keep the file's read ranges cached for the whole scan
+            yield from fragment.to_batches(schema=self.schema, columns=columns, use_threads=False, batch_size=65536,
+                                           fragment_scan_options=_NO_PREBUFFER)
+
+    def estimated_rows(self) -> int:
+        """Row count from Parquet footers (Delta/Parquet), or from the file size for CSV (≈ 500 B a row)."""
+        if self.spec.format == "csv":
+            return max(1, Path(self.spec.path).stat().st_size // 500)
+        return sum(f.count_rows() for f in self._fragments)
 
 
 def _files_fingerprint(paths: list[str]) -> str:
@@ -97,30 +111,50 @@ def _files_fingerprint(paths: list[str]) -> str:
     return f"files:{len(paths)}:{h.hexdigest()[:16]}"
 
 
+class RowBits:
+    """One bit per input row (``np.packbits`` order): 1 MB holds 8 M rows."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.bits = np.zeros((n + 7) // 8, dtype=np.uint8)
+
+    def set(self, positions: np.ndarray) -> None:
+        positions = np.asarray(positions, dtype=np.int64)
+        np.bitwise_or.at(self.bits, positions >> 3, (128 >> (positions & 7)).astype(np.uint8))
+
+    def get(self, start: int, count: int) -> np.ndarray:
+        """Bools for rows ``start .. start + count - 1``."""
+        first, last = start >> 3, (start + count + 7) >> 3
+        unpacked = np.unpackbits(self.bits[first:last])
+        return unpacked[start - (first << 3) : start - (first << 3) + count].astype(bool)
+
+    def count(self) -> int:
+        return int(np.unpackbits(self.bits, count=self.n).sum())
+
+
 @dataclass
 class Selection:
     """Which input rows (by position) go to the classifier, and why the others do not."""
 
-    mask: np.ndarray
-    """One bool per input row in input order: classify it now."""
-    new: np.ndarray
-    """One bool per input row: selected, and its id is not in the output table."""
-    digests: pa.ChunkedArray
-    """``text_sha256`` of every input row, in input order."""
+    selected_rows: RowBits
+    """Classify this input row now."""
+    new_ids: RowBits
+    """Selected, and its id is not in the output table (the sink appends it)."""
     rows_read: int = 0
     duplicate_ids_dropped: int = 0
     null_ids_dropped: int = 0
     up_to_date: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
     """Selected rows by reason: new, text_changed, model_changed, retry_error."""
+    buckets: int = 1
 
     @property
     def selected(self) -> int:
-        return int(self.mask.sum())
+        return sum(v for v in self.reasons.values())
 
 
-def read_state(output: str, id_col: str) -> pa.Table | None:
-    """``(id, text_sha256, model_id, error)`` of the output table, or None if it does not exist yet."""
+def open_state(output: str, id_col: str) -> pads.Dataset | None:
+    """The output table as a dataset (checked for the state columns), or None if it does not exist yet."""
     from deltalake import DeltaTable
     from deltalake.exceptions import TableNotFoundError
 
@@ -135,36 +169,96 @@ def read_state(output: str, id_col: str) -> pa.Table | None:
             f"{output}: output table lacks columns {missing} (columns: {list(names)}); "
             "it was not written by the nightly job — choose another --output"
         )
-    return table.to_pyarrow_dataset().to_table(columns=[id_col, TEXT_SHA_COL, "model_id", "error"])
+    return table.to_pyarrow_dataset()
 
 
-def select_rows(source: InputSource, state: pa.Table | None, *, id_col: str, text_col: str, model_id: str,
-                retry_errors: bool = False) -> Selection:
+class _Buckets:
+    """B Parquet files under ``root``; rows go to ``hash(id) % B`` (Python's hash: one process)."""
+
+    def __init__(self, root: Path, name: str, count: int, schema: pa.Schema) -> None:
+        self.root, self.name, self.count, self.schema = root, name, count, schema
+        self.writers: dict[int, pq.ParquetWriter] = {}
+
+    def bucket_of(self, ids: pa.Array) -> np.ndarray:
+        if self.count == 1:
+            return np.zeros(len(ids), dtype=np.int64)
+        return np.fromiter((hash(v) % self.count for v in ids.to_pylist()), dtype=np.int64, count=len(ids))
+
+    def write(self, table: pa.Table) -> None:
+        buckets = self.bucket_of(table.column(0).combine_chunks())
+        order = np.argsort(buckets, kind="stable")
+        ordered = table.take(pa.array(order))
+        bounds = np.searchsorted(buckets[order], np.arange(self.count + 1))
+        for b in range(self.count):
+            if bounds[b + 1] > bounds[b]:
+                if b not in self.writers:
+                    self.writers[b] = pq.ParquetWriter(str(self.path(b)), self.schema)
+                self.writers[b].write_table(ordered.slice(bounds[b], bounds[b + 1] - bounds[b]))
+
+    def close(self) -> None:
+        for writer in self.writers.values():
+            writer.close()
+
+    def path(self, b: int) -> Path:
+        return self.root / f"{self.name}-{b:05d}.parquet"
+
+    def read(self, b: int) -> pa.Table:
+        return pq.read_table(self.path(b)) if b in self.writers else self.schema.empty_table()
+
+
+def select_rows(source: InputSource, state: pads.Dataset | None, *, id_col: str, text_col: str, model_id: str,
+                work_dir: Path, retry_errors: bool = False, bucket_rows: int = 250_000) -> Selection:
     """Pass 1: which rows need classifying by ``model_id`` (see the module doc)."""
-    ids: list[pa.Array] = []
-    digests: list[pa.Array] = []
-    for batch in source.batches([id_col, text_col]):
-        ids.append(batch.column(id_col))
-        digests.append(text_digests(batch.column(text_col)))
-    n = sum(len(a) for a in ids)
-    id_type = ids[0].type if ids else pa.string()
-    keys = pa.table({"id": pa.chunked_array(ids, type=id_type), "pos": pa.array(np.arange(n, dtype=np.int64))})
-    all_digests = pa.chunked_array(digests, type=pa.string())
-    null_ids = keys.column("id").null_count
-    keys = keys.filter(pc.is_valid(keys.column("id")))
-    last = keys.group_by("id", use_threads=False).aggregate([("pos", "max")]).rename_columns(["id", "pos"])
-    duplicates = keys.num_rows - last.num_rows
-    last = last.append_column("digest", pc.take(all_digests, last.column("pos")))
+    id_type = source.schema.field(id_col).type
+    state_rows = state.count_rows() if state is not None else 0
+    count = max(1, math.ceil(max(source.estimated_rows(), state_rows) / bucket_rows))
+    shutil.rmtree(work_dir, ignore_errors=True)
+    work_dir.mkdir(parents=True)
+    try:
+        inputs = _Buckets(work_dir, "input", count,
+                          pa.schema([("id", id_type), ("pos", pa.int64()), ("digest", pa.string())]))
+        n = null_ids = 0
+        for batch in source.batches([id_col, text_col]):
+            ids = batch.column(id_col)
+            keep = pc.is_valid(ids)
+            null_ids += ids.null_count
+            rows = pa.table({"id": ids, "pos": pa.array(np.arange(n, n + len(ids), dtype=np.int64)),
+                             "digest": text_digests(batch.column(text_col))}).filter(keep)
+            n += len(ids)
+            inputs.write(rows)
+        inputs.close()
+        states = _Buckets(work_dir, "state", count, pa.schema([("id", id_type), ("t_digest", pa.string()),
+                                                               ("t_model", pa.string()), ("t_error", pa.string())]))
+        if state is not None:
+            for batch in state.to_batches(columns=[id_col, TEXT_SHA_COL, "model_id", "error"]):
+                states.write(pa.Table.from_batches([batch]).rename_columns(states.schema.names).cast(states.schema))
+        states.close()
+        selection = Selection(RowBits(n), RowBits(n), rows_read=n, null_ids_dropped=null_ids, buckets=count,
+                              reasons={"new": 0, "text_changed": 0, "model_changed": 0, "retry_error": 0})
+        for b in range(count):
+            _select_bucket(inputs.read(b), states.read(b), selection, model_id=model_id, retry_errors=retry_errors)
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    log.info("input %s: %d rows, %d duplicate ids dropped (last row kept), %d without id; "
+             "%d up to date, %d to classify %s (%d bucket(s))", source.spec.path, n, selection.duplicate_ids_dropped,
+             null_ids, selection.up_to_date, selection.selected, {k: v for k, v in selection.reasons.items() if v},
+             count)
+    if null_ids:
+        log.warning("%d rows have no %r and are not classified (they could never be MERGEd by id)", null_ids, id_col)
+    return selection
 
-    reasons = {"new": 0, "text_changed": 0, "model_changed": 0, "retry_error": 0}
-    if state is None or state.num_rows == 0:
+
+def _select_bucket(rows: pa.Table, state: pa.Table, selection: Selection, *, model_id: str,
+                   retry_errors: bool) -> None:
+    """Compare one bucket's input rows with the same bucket of the output's state."""
+    last = rows.group_by("id", use_threads=False).aggregate([("pos", "max")]).rename_columns(["id", "pos"])
+    selection.duplicate_ids_dropped += rows.num_rows - last.num_rows
+    last = last.join(rows.select(["pos", "digest"]), keys="pos", use_threads=False)
+    reasons = selection.reasons
+    if state.num_rows == 0:
         chosen = new_pos = last.column("pos")
-        reasons["new"] = last.num_rows
-        up_to_date = 0
+        reasons["new"] += last.num_rows
     else:
-        state = state.rename_columns(["id", "t_digest", "t_model", "t_error"])
-        state = state.cast(pa.schema([pa.field("id", id_type), ("t_digest", pa.string()), ("t_model", pa.string()),
-                                      ("t_error", pa.string())]))
         joined = last.join(state, keys="id", join_type="left outer", use_threads=False)
         is_new = pc.is_null(joined.column("t_digest"))
         known = pc.invert(is_new)
@@ -176,43 +270,33 @@ def select_rows(source: InputSource, state: pa.Table | None, *, id_col: str, tex
             need = pc.or_(need, errored)
         chosen = joined.filter(need).column("pos")
         new_pos = joined.filter(is_new).column("pos")
-        up_to_date = joined.num_rows - len(chosen)
+        selection.up_to_date += joined.num_rows - len(chosen)
         # one reason per row, in this precedence: new > text_changed > model_changed > retry_error
-        reasons["new"] = pc.sum(is_new).as_py() or 0
-        reasons["text_changed"] = pc.sum(changed).as_py() or 0
-        reasons["model_changed"] = pc.sum(pc.and_(other_model, pc.invert(changed))).as_py() or 0
+        reasons["new"] += pc.sum(is_new).as_py() or 0
+        reasons["text_changed"] += pc.sum(changed).as_py() or 0
+        reasons["model_changed"] += pc.sum(pc.and_(other_model, pc.invert(changed))).as_py() or 0
         if retry_errors:
             rest = pc.invert(pc.or_(pc.or_(is_new, changed), other_model))
-            reasons["retry_error"] = pc.sum(pc.and_(errored, rest)).as_py() or 0
-    mask = np.zeros(n, dtype=bool)
-    mask[np.asarray(chosen.to_numpy(), dtype=np.int64)] = True
-    new = np.zeros(n, dtype=bool)
-    new[np.asarray(new_pos.to_numpy(), dtype=np.int64)] = True
-    sel = Selection(mask, new, all_digests, rows_read=n, duplicate_ids_dropped=duplicates, null_ids_dropped=null_ids,
-                    up_to_date=up_to_date, reasons=reasons)
-    log.info("input %s: %d rows, %d duplicate ids dropped (last row kept), %d without id; "
-             "%d up to date, %d to classify %s", source.spec.path, n, duplicates, null_ids, up_to_date,
-             sel.selected, {k: v for k, v in reasons.items() if v})
-    if null_ids:
-        log.warning("%d rows have no %r and are not classified (they could never be MERGEd by id)", null_ids, id_col)
-    return sel
+            reasons["retry_error"] += pc.sum(pc.and_(errored, rest)).as_py() or 0
+    selection.selected_rows.set(chosen.to_numpy())
+    selection.new_ids.set(new_pos.to_numpy())
 
 
-def stage_rows(source: InputSource, selection: Selection, staging: Path, *, rows_per_file: int) -> int:
-    """Pass 2: write the selected rows (+ ``text_sha256``) as Parquet files under ``staging``."""
+def stage_rows(source: InputSource, selection: Selection, staging: Path, *, text_col: str, rows_per_file: int) -> int:
+    """Pass 2: write the selected rows (+ ``text_sha256``, ``_soi_new_id``) as Parquet files under ``staging``."""
     staging.mkdir(parents=True, exist_ok=True)
     writer: pq.ParquetWriter | None = None
     in_file = files = written = 0
     pos = 0
     for batch in source.batches():
-        take = selection.mask[pos : pos + batch.num_rows]
-        digests = selection.digests.slice(pos, batch.num_rows)
-        new = pa.array(selection.new[pos : pos + batch.num_rows])
+        take = selection.selected_rows.get(pos, batch.num_rows)
+        new = selection.new_ids.get(pos, batch.num_rows)
         pos += batch.num_rows
         if not take.any():
             continue
-        table = pa.Table.from_batches([batch]).append_column(TEXT_SHA_COL, digests).append_column(NEW_ID_COL, new)
-        table = table.filter(pa.array(take))
+        table = pa.Table.from_batches([batch]).filter(pa.array(take))
+        table = table.append_column(TEXT_SHA_COL, text_digests(table.column(text_col)))
+        table = table.append_column(NEW_ID_COL, pa.array(new[take]))
         start = 0
         while start < table.num_rows:
             if writer is None:
