@@ -128,9 +128,6 @@ class RowBits:
         unpacked = np.unpackbits(self.bits[first:last])
         return unpacked[start - (first << 3) : start - (first << 3) + count].astype(bool)
 
-    def count(self) -> int:
-        return int(np.unpackbits(self.bits, count=self.n).sum())
-
 
 @dataclass
 class Selection:
@@ -230,7 +227,8 @@ def select_rows(source: InputSource, state: pads.Dataset | None, *, id_col: str,
         states = _Buckets(work_dir, "state", count, pa.schema([("id", id_type), ("t_digest", pa.string()),
                                                                ("t_model", pa.string()), ("t_error", pa.string())]))
         if state is not None:
-            for batch in state.to_batches(columns=[id_col, TEXT_SHA_COL, "model_id", "error"]):
+            for batch in state.to_batches(columns=[id_col, TEXT_SHA_COL, "model_id", "error"],
+                                          fragment_scan_options=_NO_PREBUFFER):
                 states.write(pa.Table.from_batches([batch]).rename_columns(states.schema.names).cast(states.schema))
         states.close()
         selection = Selection(RowBits(n), RowBits(n), rows_read=n, null_ids_dropped=null_ids, buckets=count,
