@@ -117,7 +117,7 @@ def _run(config: NightlyConfig, manifest: RunManifest, source: InputSource, mode
         stage_rows(source, selection, staging, text_col=config.text_col, rows_per_file=config.chunk_rows)
         del selection
         start = time.perf_counter()
-        _classify_and_merge(config, manifest, sink, model_path, classifier_config, ray_options, staging, divisions)
+        _classify_and_commit(config, manifest, sink, model_path, classifier_config, ray_options, staging, divisions)
         elapsed = time.perf_counter() - start
         manifest.rows_per_second = round(counts.classified / elapsed, 2) if elapsed > 0 else None
     else:
@@ -147,7 +147,7 @@ def _clean_stale_staging(root: Path, *, keep: str) -> None:
                 shutil.rmtree(old, ignore_errors=True)
 
 
-def _classify_and_merge(config: NightlyConfig, manifest: RunManifest, sink: DeltaSink, model_path: Path,
+def _classify_and_commit(config: NightlyConfig, manifest: RunManifest, sink: DeltaSink, model_path: Path,
                         classifier_config, ray_options, staging: Path, divisions: Counter[str]) -> None:
     import ray.data
 
