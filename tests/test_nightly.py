@@ -28,6 +28,7 @@ from soi_batch.io import inspect_input
 from soi_batch.nightly import NightlyConfig, run_nightly
 from soi_batch.nightly.manifest import RunManifest, total_variation
 from soi_batch.nightly.select import TEXT_SHA_COL, InputSource, RowBits, open_state, select_rows
+from soi_batch.nightly.sink import NEW_ID_COL, ConcurrentWriteError, DeltaSink
 
 REPO = Path(__file__).resolve().parents[1]
 COLS = ["row_key", "ID", "EventDate", "Final Narrative", "Source"]
@@ -125,6 +126,28 @@ def test_selection_is_the_same_in_one_bucket_or_many(tmp_path: Path, osha: pd.Da
     # ids 3, 50, 99 reappear amended at positions 120-122: the last row wins; 123 has no id
     assert selected == set(range(60, 80)) | set(range(80, 120)) - {99} | {120, 121, 122}
     assert set(one.new_ids.get(0, n).nonzero()[0]) == set(range(80, 120)) - {99} | {122}
+
+
+def test_sink_appends_new_ids_merges_known_and_stops_on_another_writer(tmp_path: Path) -> None:
+    schema = pa.schema([("row_key", pa.string()), ("label", pa.string())])
+    sink = DeltaSink(str(tmp_path / "out"), "row_key", schema, run_id="r1")
+    assert sink.ensure_table() == 0
+
+    def chunk(keys: list[str], label: str, new: list[bool]) -> pa.Table:
+        return pa.table({"row_key": keys, "label": [label] * len(keys), NEW_ID_COL: new})
+
+    first = sink.commit(chunk(["a", "b"], "x", [True, True]))
+    assert (first.version, first.inserted, first.updated, first.commits) == (1, 2, 0, 1)
+    mixed = sink.commit(chunk(["b", "c"], "y", [False, True]))
+    assert (mixed.version, mixed.inserted, mixed.updated, mixed.commits) == (3, 1, 1, 2)
+    table = DeltaTable(str(tmp_path / "out"))
+    assert [h["operation"] for h in table.history()][:2] == ["MERGE", "WRITE"]
+    assert dict(zip(*table.to_pyarrow_dataset().to_table().to_pydict().values())) == {"a": "x", "b": "y", "c": "y"}
+
+    write_deltalake(str(tmp_path / "out"), pa.table({"row_key": ["z"], "label": ["other job"]}), mode="append")
+    with pytest.raises(ConcurrentWriteError, match="another writer committed to the table before this chunk"):
+        sink.commit(chunk(["d"], "y", [True]))
+    assert DeltaTable(str(tmp_path / "out")).to_pyarrow_dataset().count_rows() == 4  # nothing of "d" written
 
 
 def test_total_variation() -> None:

@@ -4,7 +4,9 @@ A chunk's rows whose id was not in the table when the run selected them are **ap
 rest (changed texts, another model version, retried errors) are **MERGEd** on the id
 (``when_matched_update_all`` + ``when_not_matched_insert_all``).  Each commit is atomic, so a job
 killed mid-run leaves whole commits and nothing half-written, and the next run selects whatever
-is not committed yet: nothing is lost and nothing duplicated (one writer per table at a time).
+is not committed yet: nothing is lost and nothing duplicated.  One writer per table at a time:
+the sink checks before and after each commit that no other writer has committed since its own
+last commit, and stops with :class:`ConcurrentWriteError` if one has.
 
 Why not MERGE everything: a delta-rs MERGE scans every output file whose id range may match the
 chunk, so its memory and time grow with the output table (a 5,000-row MERGE into a 1 M-row
@@ -27,6 +29,10 @@ log = logging.getLogger(__name__)
 
 NEW_ID_COL = "_soi_new_id"
 """Staged column: True where the row's id was not in the output table at selection time."""
+
+
+class ConcurrentWriteError(RuntimeError):
+    """Another writer committed to the output table during this run."""
 
 
 def _quote(name: str) -> str:
@@ -53,6 +59,15 @@ class DeltaSink:
         self.schema = schema
         self.run_id = run_id
         self.predicate = f"t.{_quote(id_col)} = s.{_quote(id_col)}"
+        self.version: int | None = None
+        """The table version of this writer's last commit (or of ``ensure_table``)."""
+
+    def _expect_version(self, version: int, when: str) -> None:
+        if version != self.version:
+            raise ConcurrentWriteError(
+                f"{self.uri}: another writer committed to the table {when} (version {version}, this run's last "
+                f"commit was v{self.version}); only one nightly job may write an output table at a time — "
+                "stop the other job and re-run this one (committed chunks are kept)")
 
     def ensure_table(self) -> int:
         """Create the (empty) table with the full schema if it does not exist; its current version."""
@@ -65,13 +80,15 @@ class DeltaSink:
             write_deltalake(self.uri, self.schema.empty_table(), mode="error",
                             description="soi-batch nightly source-of-injury results")
             log.info("created output Delta table %s", self.uri)
-            return DeltaTable(self.uri).version()
+            self.version = DeltaTable(self.uri).version()
+            return self.version
         existing = pa.schema(table.schema().to_arrow())
         missing = [f.name for f in self.schema if f.name not in existing.names]
         if missing:
             log.warning("output %s lacks columns %s; they are added by schema merge on the next commit",
                         self.uri, missing)
-        return table.version()
+        self.version = table.version()
+        return self.version
 
     def commit(self, chunk: pa.Table) -> CommitResult:
         """Commit one chunk (ids unique within it): append its new ids, MERGE the others."""
@@ -88,9 +105,12 @@ class DeltaSink:
         properties = CommitProperties(custom_metadata={"soi_batch_run_id": self.run_id})
         start = time.perf_counter()
         inserted = updated = commits = 0
+        self._expect_version(DeltaTable(self.uri).version(), "before this chunk")
         if new.num_rows:
             write_deltalake(self.uri, new, mode="append", schema_mode="merge", commit_properties=properties)
             inserted, commits = new.num_rows, 1
+            self.version += 1
+            self._expect_version(DeltaTable(self.uri).version(), "while this chunk was appended")
         if known.num_rows:
             metrics = (
                 DeltaTable(self.uri)
@@ -103,4 +123,6 @@ class DeltaSink:
             inserted += int(metrics["num_target_rows_inserted"])
             updated += int(metrics["num_target_rows_updated"])
             commits += 1
-        return CommitResult(DeltaTable(self.uri).version(), inserted, updated, time.perf_counter() - start, commits)
+            self.version += 1
+            self._expect_version(DeltaTable(self.uri).version(), "while this chunk was MERGEd")
+        return CommitResult(self.version, inserted, updated, time.perf_counter() - start, commits)
