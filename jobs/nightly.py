@@ -19,7 +19,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--config", default=None, help="YAML settings (see jobs/nightly.example.yml)")
     p.add_argument("--input", default=None, help="input Delta table, Parquet file/dir or CSV file")
     p.add_argument("--output", default=None, help="output Delta table (created if missing)")
-    p.add_argument("--model", default=None, help="model bundle dir or hub id (default: embedded soi-mini)")
+    p.add_argument("--model", default=None,
+                   help="named model (soi-small, soi-mini), bundle dir or hub id (default: the YAML's, else "
+                        "soi_batch.named_models.DEFAULT_MODEL)")
+    p.add_argument("--cache-dir", default=os.environ.get("SOI_BATCH_CACHE"),
+                   help="where a named model is built on first use (default: $SOI_BATCH_CACHE or ~/.cache/soi-batch)")
     p.add_argument("--id-col", default=None, help="unique report id column (default: row_key)")
     p.add_argument("--text-col", default=None, help="narrative column (default: 'Final Narrative')")
     p.add_argument("--input-format", choices=("csv", "parquet", "delta"), default=None)
@@ -41,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         config = NightlyConfig.build(
-            args.config, input=args.input, output=args.output, model=args.model, id_col=args.id_col,
+            args.config, input=args.input, output=args.output, model=args.model, cache_dir=args.cache_dir, id_col=args.id_col,
             text_col=args.text_col, input_format=args.input_format,
             ray_address=args.ray_address or os.environ.get("RAY_ADDRESS"), ray_num_cpus=args.ray_num_cpus,
             manifest_dir=args.manifest_dir, chunk_rows=args.chunk_rows, retry_errors=args.retry_errors,

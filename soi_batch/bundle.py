@@ -34,6 +34,7 @@ FORMAT_VERSION = 1
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 EMBEDDED_DEFAULT = Path(__file__).parent / "models" / "soi-mini"
+"""The soi-mini bundle inside the package (tests and tools that need a bundle on disk at once)."""
 
 
 class Calibration(BaseModel):
@@ -84,19 +85,24 @@ class ModelBundle:
         return f"ModelBundle({self.model_id!r}, path={str(self.path)!r})"
 
 
-def resolve_model(model: str | Path | None) -> Path:
-    """A local bundle directory for ``model``: the embedded soi-mini, a path, or a hub id.
+def resolve_model(model: str | Path | None, cache_dir: Path | None = None) -> Path:
+    """A local bundle directory for ``model``: a named model, a path, or a hub id.
 
-    Hub ids (``org/name``) are fetched with ``huggingface_hub.snapshot_download`` restricted
-    to safetensors, JSON and tokenizer files (honours ``HF_HUB_OFFLINE``).
+    Names (``soi-mini``, ``soi-small``; None is :data:`soi_batch.named_models.DEFAULT_MODEL`) come
+    first: soi-small is built into ``cache_dir`` on first use (see :mod:`soi_batch.named_models`);
+    write ``./soi-small`` for a local directory of that name.  Hub ids (``org/name``) are fetched
+    with ``huggingface_hub.snapshot_download`` restricted to safetensors, JSON and tokenizer files
+    (honours ``HF_HUB_OFFLINE``).
     """
-    if model is None:
-        return EMBEDDED_DEFAULT
+    from soi_batch.named_models import DEFAULT_MODEL, NAMED_MODELS, resolve_named
+
+    if model is None or (isinstance(model, str) and model in NAMED_MODELS):
+        return resolve_named(model or DEFAULT_MODEL, cache_dir)
     path = Path(model).expanduser()
     if path.exists():
         return path.resolve()
     text = str(model)
-    if text.count("/") == 1 and not text.startswith((".", "/", "~")):
+    if is_hub_id(text):
         from huggingface_hub import snapshot_download
 
         try:
@@ -108,15 +114,28 @@ def resolve_model(model: str | Path | None) -> Path:
             )
         except Exception as exc:  # network, auth, offline mode: say which model and why
             raise BundleError(f"cannot fetch model {text!r} from the hub: {exc}") from exc
-    raise BundleError(f"model {text!r} is not a directory and not a hub id (org/name)")
+    from soi_batch.named_models import NAMED_MODELS
+
+    raise BundleError(f"model {text!r} is not a named model ({', '.join(sorted(NAMED_MODELS))}), "
+                      "a directory, or a hub id (org/name)")
 
 
-def load_bundle(model: str | Path | None = None) -> ModelBundle:
-    """Validate a bundle directory before any weights are read.
+def is_hub_id(model: str | Path | None) -> bool:
+    """``org/name`` that is neither a named model nor an existing path."""
+    from soi_batch.named_models import NAMED_MODELS
+
+    if model is None or str(model) in NAMED_MODELS or Path(model).expanduser().exists():
+        return False
+    text = str(model)
+    return text.count("/") == 1 and not text.startswith((".", "/", "~"))
+
+
+def load_bundle(model: str | Path | None = None, cache_dir: Path | None = None) -> ModelBundle:
+    """Validate a bundle directory before any weights are read (``model`` as :func:`resolve_model`).
 
     Raises :class:`BundleError` naming the missing or unsafe file and the fix.
     """
-    path = resolve_model(model)
+    path = resolve_model(model, cache_dir)
     if not path.is_dir():
         raise BundleError(f"{path}: not a directory; pass a model bundle directory (see README 'Model bundle')")
     manifest_path = path / MANIFEST

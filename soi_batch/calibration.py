@@ -142,21 +142,26 @@ def calibrate_bundle(
     *,
     fitted_on: str = "validation",
     batch_size: int = 256,
+    cache_dir: Path | None = None,
+    write_to: Path | None = None,
 ) -> dict[str, float]:
     """Fit T and the review threshold on validation reports; rewrite the bundle's manifest.
+
+    ``bundle_dir`` may be any model :func:`soi_batch.bundle.load_bundle` accepts; ``write_to``: a
+    directory whose ``soi_model.json`` gets the calibration instead of the bundle's own.
 
     The calibration block gets the temperature, the division-level threshold for
     ``target_accuracy`` and ``fitted_on`` (description and n); ``metrics["calibration"]``
     records NLL and ECE before (T = 1) and after, and the auto-coded share at the threshold.
     Returns that metrics record.
     """
-    from soi_batch.bundle import Calibration, load_bundle, write_manifest
+    from soi_batch.bundle import MANIFEST, Calibration, Manifest, load_bundle, write_manifest
     from soi_batch.classifier import Classifier, ClassifierConfig
     from soi_batch.metrics import expected_calibration_error
 
     if len(validation_texts) != len(validation_codes):
         raise ConfigError(f"{len(validation_texts)} validation texts but {len(validation_codes)} codes")
-    bundle = load_bundle(bundle_dir)
+    bundle = load_bundle(bundle_dir, cache_dir)
     labels = set(bundle.manifest.labels)
     keep = [i for i, c in enumerate(validation_codes) if c in labels and isinstance(validation_texts[i], str)
             and validation_texts[i].strip()]
@@ -190,7 +195,8 @@ def calibrate_bundle(
         "auto_coded_fraction": float(auto.mean()),
         "auto_coded_accuracy": float(correct[auto].mean()) if auto.any() else float("nan"),
     }
-    manifest = bundle.manifest.model_copy(deep=True)
+    target = Path(write_to) if write_to is not None else bundle.path
+    manifest = Manifest.model_validate_json((target / MANIFEST).read_text(encoding="utf-8"))
     manifest.calibration = Calibration(
         temperature=temperature,
         review_threshold=threshold,
@@ -199,7 +205,7 @@ def calibrate_bundle(
         fitted_on=f"{fitted_on} (n={len(steps)})",
     )
     manifest.metrics = {**manifest.metrics, "calibration": record}
-    write_manifest(bundle.path, manifest)
+    write_manifest(target, manifest)
     log.info("calibrated %s: T=%.4f, threshold %.4f, ECE %.4f -> %.4f", bundle.path, temperature, threshold,
              record["ece_before"], record["ece_after"])
     return record

@@ -143,9 +143,12 @@ class Classifier:
                  bundle.calibration.review_level)
 
     @classmethod
-    def load(cls, model: str | Path | None = None, config: ClassifierConfig = ClassifierConfig()) -> Classifier:
-        """Load a bundle (None: the embedded soi-mini; a directory; or a hub id) and its engine."""
-        return cls(load_bundle(model), config)
+    def load(cls, model: str | Path | None = None, config: ClassifierConfig = ClassifierConfig(), *,
+             cache_dir: Path | None = None) -> Classifier:
+        """Load a bundle and its engine: a named model ("soi-small", "soi-mini"; None: the default),
+        a bundle directory, or a hub id.  ``cache_dir``: where soi-small is built on first use
+        (default ``~/.cache/soi-batch``)."""
+        return cls(load_bundle(model, cache_dir), config)
 
     @property
     def model_id(self) -> str:

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from soi_batch.bundle import ModelBundle
 from soi_batch.errors import BundleError, TokenizerError
-from soi_batch.prompt import normalize_narrative
+from soi_batch.prompt import PromptTemplate, normalize_narrative
 
 _PROBE = "A worker was struck by a forklift."
 
@@ -36,10 +37,21 @@ class PromptEncoder:
         from transformers import AutoTokenizer
 
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(str(bundle.path), trust_remote_code=False)
+            tokenizer = AutoTokenizer.from_pretrained(str(bundle.path), trust_remote_code=False)
         except (OSError, ValueError) as exc:
             raise BundleError(f"{bundle.path}: cannot load the tokenizer: {exc}") from exc
-        self.template = bundle.prompt
+        self._setup(tokenizer, bundle.prompt, max_prompt_tokens, str(bundle.path))
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer: Any, template: PromptTemplate, *, max_prompt_tokens: int) -> PromptEncoder:
+        """The same encoder for a tokenizer outside a bundle (training encodes through this)."""
+        encoder = cls.__new__(cls)
+        encoder._setup(tokenizer, template, max_prompt_tokens, type(tokenizer).__name__)
+        return encoder
+
+    def _setup(self, tokenizer: Any, template: PromptTemplate, max_prompt_tokens: int, source: str) -> None:
+        self.tokenizer = tokenizer
+        self.template = template
         self.max_prompt_tokens = max_prompt_tokens
         self.label_token_ids = self._label_token_ids()
         self.shared_prefix_ids: list[int] = self._ids(self.template.shared_prefix)
@@ -47,7 +59,7 @@ class PromptEncoder:
         head = self._ids(self.template.shared_prefix + _PROBE)
         if probe[: len(head)] != head:
             raise TokenizerError(
-                f"{bundle.path}: the tokenizer merges the narrative's end with the prompt suffix; "
+                f"{source}: the tokenizer merges the narrative's end with the prompt suffix; "
                 "long narratives could not be truncated safely"
             )
         self.suffix_ids: list[int] = probe[len(head) :]

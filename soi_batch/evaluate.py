@@ -53,7 +53,9 @@ class EvaluationConfig:
     label_col: str = "Source"
     text_col: str = "Final Narrative"
     model: str | None = None
-    """Model bundle directory or hub id; None is the embedded soi-mini."""
+    """Named model, bundle directory or hub id; None is the default model."""
+    cache_dir: Path | None = None
+    """Where a named model is built on first use (None: ``~/.cache/soi-batch``)."""
     input_format: Literal["csv", "parquet", "delta"] | None = None
     encoding: str | None = None
     """CSV encoding; None tries UTF-8 and falls back to cp1252."""
@@ -167,7 +169,7 @@ def run_model(config: EvaluationConfig, texts: Sequence[object], labels: Sequenc
 
     from soi_batch.classifier import Classifier, ClassifierConfig
 
-    clf = Classifier.load(config.model, ClassifierConfig(batch_size=config.batch_size))
+    clf = Classifier.load(config.model, ClassifierConfig(batch_size=config.batch_size), cache_dir=config.cache_dir)
     start = time.perf_counter()
     preds = []
     for i in tqdm(range(0, len(texts), config.chunk), desc="model", unit="chunk"):

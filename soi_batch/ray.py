@@ -17,6 +17,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from soi_batch.bundle import load_bundle
 from soi_batch.classifier import Classifier, ClassifierConfig
 from soi_batch.errors import ConfigError
 from soi_batch.io import InputSpec, OutputFormat, csv_options
@@ -66,11 +67,14 @@ def _cluster_gpus() -> int:
 
 def classify_dataset(ds: Any, *, text_col: str, model: str | Path | None = None,
                      config: ClassifierConfig = ClassifierConfig(), run_id: str, keep_probabilities: bool = False,
-                     options: RayOptions = RayOptions()) -> Any:
+                     options: RayOptions = RayOptions(), cache_dir: Path | None = None) -> Any:
     """``ds`` (a ``ray.data.Dataset``) with the result columns appended, lazily.
 
+    ``model`` (a name, bundle directory or hub id) is resolved on the driver, so a named model is
+    built once into ``cache_dir`` and every actor loads the same directory.
     Ray must already be initialised (``ray.init()``); this function does not start it.
     """
+    model_path = str(load_bundle(model, cache_dir).path)
     gpus = options.gpus_per_actor
     if gpus is None:
         gpus = 1.0 if _cluster_gpus() > 0 and config.device != "cpu" else 0.0
@@ -87,7 +91,7 @@ def classify_dataset(ds: Any, *, text_col: str, model: str | Path | None = None,
     return ds.map_batches(
         ClassifyBatch,
         fn_constructor_kwargs=dict(
-            model=None if model is None else str(model), config=config, text_col=text_col, run_id=run_id,
+            model=model_path, config=config, text_col=text_col, run_id=run_id,
             keep_probabilities=keep_probabilities,
             torch_threads=None if gpus else (options.torch_threads or max(1, (os.cpu_count() or 1) // actors)),
         ),

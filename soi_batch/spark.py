@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import pyarrow as pa
 
-from soi_batch.bundle import load_bundle
+from soi_batch.bundle import is_hub_id, load_bundle
 from soi_batch.classifier import Classifier, ClassifierConfig, EngineName
 from soi_batch.errors import ConfigError, InputSchemaError
 from soi_batch.schema import PROBABILITIES_SCHEMA, RESULT_SCHEMA
@@ -51,7 +51,7 @@ _DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
 class _PartitionJob:
     """Everything a Spark task needs to classify its partition (pickled to the workers)."""
 
-    model: str | None
+    model: str
     config: ClassifierConfig
     text_col: str
     run_id: str
@@ -65,7 +65,7 @@ _WORKER_LOADS: Counter[str] = Counter()
 """How many times this worker loaded each model + config (see :func:`worker_state`)."""
 
 
-def _worker_classifier(model: str | None, config: ClassifierConfig) -> Classifier:
+def _worker_classifier(model: str, config: ClassifierConfig) -> Classifier:
     """This worker's classifier for ``model`` + ``config``, loading it on first use only."""
     key = f"{model}|{config!r}"
     cached = _WORKER_CLASSIFIER.get(key)
@@ -193,18 +193,16 @@ def _wanted_gpus_per_task(spark: SparkSession, gpus_per_task: float | None) -> f
     return 1.0 if executor_gpus > 0 and task_gpus == 0 else 0.0
 
 
-def _model_for_workers(model: str | Path | None) -> str | None:
+def _model_for_workers(model: str | Path | None, cache_dir: Path | None) -> str:
     """Validate the bundle on the driver (no weights read) and name it for the workers.
 
-    A local directory becomes an absolute path (it must be readable at the same path on every
-    executor); a hub id stays a hub id, so each executor fetches it into its own cache; None
-    stays None (the embedded soi-mini inside the installed package).
+    A named model (or None, the default) is built on the driver and passed as its directory, like
+    a local directory (it must be readable at the same path on every executor: on a cluster, point
+    ``cache_dir`` at shared storage); a hub id stays a hub id, so each executor fetches it into its
+    own cache.
     """
-    load_bundle(model)
-    if model is None:
-        return None
-    path = Path(model).expanduser()
-    return str(path.resolve()) if path.exists() else str(model)
+    bundle = load_bundle(model, cache_dir)
+    return str(model) if is_hub_id(model) else str(bundle.path)
 
 
 def _classifier_config(config: ClassifierConfig | None, *, top_k: int, batch_size: int | None,
@@ -231,6 +229,7 @@ def classify_df(
     keep_probabilities: bool = False,
     gpus_per_task: float | None = None,
     config: ClassifierConfig | None = None,
+    cache_dir: Path | None = None,
 ) -> DataFrame:
     """``df`` with the source-of-injury result columns appended, as a lazy DataFrame.
 
@@ -241,8 +240,8 @@ def classify_df(
     Args:
         df: any DataFrame with a string column of narratives.
         text_col: the narrative column (default ``"Final Narrative"``, as OSHA's SIR files).
-        model: bundle directory (readable at the same path on every executor), hub id, or None
-            for the embedded soi-mini.
+        model: a named model ("soi-small", "soi-mini"; None: the default), a bundle directory
+            (readable at the same path on every executor), or a hub id.
         id_col: report id column; checked to exist and kept, as every other input column.
         top_k: codes kept in ``top_k`` per row.
         batch_size: reports per engine forward pass inside each Arrow batch (default
@@ -258,6 +257,7 @@ def classify_df(
         config: a full :class:`ClassifierConfig` (beam, temperature, engine options...) for
             settings beyond these; when given, leave ``top_k``, ``batch_size`` and ``engine`` at
             their defaults and set them in ``config``.
+        cache_dir: where a named model is built on first use (default ``~/.cache/soi-batch``).
 
     Returns:
         ``df``'s columns (those named like a result column are replaced) followed by
@@ -273,7 +273,7 @@ def classify_df(
     _check_columns(df, text_col, id_col)
     classifier_config = _classifier_config(config, top_k=top_k, batch_size=batch_size, engine=engine)
     job = _PartitionJob(
-        model=_model_for_workers(model),
+        model=_model_for_workers(model, cache_dir),
         config=classifier_config,
         text_col=text_col,
         run_id=uuid.uuid4().hex,
@@ -282,7 +282,7 @@ def classify_df(
     schema = _output_schema(df, keep_probabilities)
     gpus = _wanted_gpus_per_task(df.sparkSession, gpus_per_task)
     profile = gpu_resource_profile(df.sparkSession, gpus) if gpus > 0 else None
-    log.info("classify_df: run %s, model %s, text column %r, %s", job.run_id, job.model or "embedded soi-mini",
+    log.info("classify_df: run %s, model %s, text column %r, %s", job.run_id, job.model,
              text_col, f"{gpus:g} GPU(s) per task" if profile else "no resource profile")
     return df.mapInArrow(partial(_classify_partition, job), schema, profile=profile)
 

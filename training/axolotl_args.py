@@ -136,7 +136,39 @@ TINY_LORA_CPU = AxolotlRecipe(
            "lora_mlp_kernel": False, "lora_qkv_kernel": False, "lora_o_kernel": False},
 )
 
-PRESETS: dict[str, AxolotlRecipe] = {"mistral-7b-qlora": MISTRAL_7B_QLORA, "tiny-qlora-cpu": TINY_LORA_CPU}
+SMOLLM2_135M_LORA = AxolotlRecipe(
+    # soi-small: the seed's recipe on SmolLM2-135M-Instruct (soi_batch.pretrained), with the changes a
+    # 135M base needs; each is justified by validation numbers in training/small/NOTES.md.
+    base_model="~/.cache/soi-batch/bases/SmolLM2-135M-Instruct",
+    model_type="LlamaForCausalLM",
+    output_dir="runs/soi-small",
+    dataset_prepared_path="runs/soi-small-axolotl-prepared",
+    # plain LoRA on float weights: 135M parameters need no 4-bit base to fit, and the adapter is
+    # merged into (and served from) the float base, so training sees the weights inference uses
+    adapter="lora",
+    load_in_4bit=False,
+    # rank 32 keeps the shipped bf16 adapter under 20 MB; alpha/r = 2 and lr 1e-3 (the seed's 0.5 and
+    # 2e-4 under-fit a 135M base: 0.689 division accuracy in the feasibility probe)
+    lora_r=32,
+    lora_alpha=64,
+    lora_dropout=0.05,
+    sequence_len=512,
+    micro_batch_size=32,
+    eval_batch_size=64,
+    gradient_accumulation_steps=1,
+    num_epochs=3,
+    optimizer="adamw_torch_fused",
+    learning_rate=0.001,
+    warmup_steps=20,
+    gradient_checkpointing=False,
+    special_tokens={"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "pad_token": "<|im_end|>"},
+)
+
+PRESETS: dict[str, AxolotlRecipe] = {
+    "mistral-7b-qlora": MISTRAL_7B_QLORA,
+    "tiny-qlora-cpu": TINY_LORA_CPU,
+    "smollm2-135m-lora": SMOLLM2_135M_LORA,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

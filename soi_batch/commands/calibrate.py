@@ -1,8 +1,13 @@
-"""``soi-batch calibrate --model DIR``: fit temperature and review threshold on the validation split."""
+"""``soi-batch calibrate --model MODEL``: fit temperature and review threshold on the validation split."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from soi_batch.commands.options import add_model_options
+from soi_batch.errors import ConfigError
+from soi_batch.named_models import NAMED_MODELS, AdapterModel
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -11,7 +16,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Fit one temperature (NLL of the true code paths) and the lowest division-confidence "
                     "threshold whose auto-coded part reaches --target-accuracy, on the validation part of "
                     "the bundled OSHA split, and write both into the bundle's soi_model.json.")
-    p.add_argument("--model", required=True, metavar="DIR", help="model bundle directory (rewritten in place)")
+    add_model_options(p, required=True)
+    p.add_argument("--write-to", type=Path, default=None, metavar="DIR",
+                   help="directory whose soi_model.json gets the calibration (default: the bundle's own); "
+                        "needed for soi-small, whose built bundle takes its manifest from the shipped adapter "
+                        "(in a checkout: soi_batch/models/soi-small)")
     p.add_argument("--target-accuracy", type=float, default=0.95,
                    help="division accuracy the auto-coded part must reach (default: %(default)s)")
     p.add_argument("--limit", type=int, default=None, help="use a seeded random sample of N validation rows")
@@ -24,8 +33,11 @@ def run(args: argparse.Namespace) -> int:
     from soi_batch.evaluate import EvaluationConfig, load_eval_data
 
     data = load_eval_data(EvaluationConfig(data="osha-sir", split="validation", limit=args.limit, seed=args.seed))
+    if args.write_to is None and isinstance(NAMED_MODELS.get(args.model), AdapterModel):
+        raise ConfigError(f"{args.model} is built from its shipped adapter, whose manifest replaces the built one on "
+                          "every load: pass --write-to DIR (the folder holding that adapter's soi_model.json)")
     record = calibrate_bundle(args.model, data.texts, data.labels, args.target_accuracy,
-                              fitted_on=data.description)
+                              fitted_on=data.description, cache_dir=args.cache_dir, write_to=args.write_to)
     print(f"temperature {record['temperature']:.4f}; review threshold {record['review_threshold']:.4f} "
           f"(division, target {record['target_accuracy']}); auto-coded {record['auto_coded_fraction']:.1%} at "
           f"accuracy {record['auto_coded_accuracy']:.4f}")

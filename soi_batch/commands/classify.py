@@ -15,6 +15,7 @@ import pyarrow.dataset as pads
 
 from soi_batch.bundle import load_bundle
 from soi_batch.classifier import ClassifierConfig
+from soi_batch.commands.options import add_model_options
 from soi_batch.errors import ConfigError
 from soi_batch.io import INPUT_FORMATS, OUTPUT_FORMATS, InputSpec, inspect_input, read_table, write_table
 from soi_batch.schema import PROBABILITIES_SCHEMA, RESULT_SCHEMA
@@ -27,7 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Append source-of-injury codes, confidences and top-k to every input row.")
     p.add_argument("input", help="CSV file, Parquet file/directory or Delta table")
     p.add_argument("output", help="output Parquet directory or Delta table")
-    p.add_argument("--model", default=None, help="model bundle directory or hub id (default: embedded soi-mini)")
+    add_model_options(p)
     p.add_argument("--text-col", default="Final Narrative", help="column with the narrative (default: %(default)s)")
     p.add_argument("--id-col", default=None, help="report id column (checked to exist; kept in the output)")
     p.add_argument("--input-format", choices=INPUT_FORMATS, default=None, help="default: from the path")
@@ -56,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     spec = inspect_input(args.input, fmt=args.input_format, encoding=args.encoding)
     spec.require_text(args.text_col, role="text column")
     spec.require(args.id_col, role="id column")
-    bundle = load_bundle(args.model)  # validates the bundle before Ray or any weights start
+    bundle = load_bundle(args.model, args.cache_dir)  # validates the bundle before Ray or any weights start
     out = Path(args.output)
     if out.exists():
         if not args.overwrite:

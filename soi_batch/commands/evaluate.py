@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from soi_batch.commands.options import add_model_options
 from soi_batch.io import INPUT_FORMATS
 
 
@@ -16,7 +17,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("data", help="labelled CSV/Parquet/Delta, or 'osha-sir' for the bundled time-based split")
     p.add_argument("--label-col", default="Source", help="column with the OIICS source code (default: %(default)s)")
     p.add_argument("--text-col", default="Final Narrative", help="column with the narrative (default: %(default)s)")
-    p.add_argument("--model", default=None, help="model bundle directory or hub id (default: embedded soi-mini)")
+    add_model_options(p)
     p.add_argument("--input-format", choices=INPUT_FORMATS, default=None, help="default: from the path")
     p.add_argument("--encoding", default=None, help="CSV encoding (default: utf-8 if valid, else cp1252)")
     p.add_argument("--report", required=True, metavar="DIR", help="directory for metrics.json, plots, report.md")
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
 
     level = args.baseline_division or ("best" if args.baseline_train == "train" else "derived")
     config = EvaluationConfig(
-        data=args.data, label_col=args.label_col, text_col=args.text_col, model=args.model,
+        data=args.data, label_col=args.label_col, text_col=args.text_col, model=args.model, cache_dir=args.cache_dir,
         input_format=args.input_format, encoding=args.encoding, split=args.split, limit=args.limit,
         seed=args.seed, baseline=not args.no_baseline, batch_size=args.batch_size,
         baseline_config=BaselineConfig(seed=args.seed, train_on=args.baseline_train, level_strategy=level),

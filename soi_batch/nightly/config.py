@@ -26,7 +26,9 @@ class NightlyConfig(BaseModel):
     output: str
     """Output Delta table (created on the first run; MERGEd into on every run)."""
     model: str | None = None
-    """Model bundle directory or hub id (None: the embedded soi-mini)."""
+    """Named model (soi-small, soi-mini), bundle directory or hub id (None: the default model)."""
+    cache_dir: str | None = None
+    """Where a named model is built on first use (None: ``~/.cache/soi-batch``)."""
     id_col: str = "row_key"
     """Unique report id; the MERGE key. Duplicated ids: the last row in input order wins."""
     text_col: str = "Final Narrative"

@@ -65,7 +65,7 @@ def run_nightly(config: NightlyConfig) -> RunManifest:
     spec = inspect_input(config.input, fmt=config.input_format, encoding=config.encoding)
     spec.require_text(config.text_col)
     spec.require(config.id_col, role="id column")
-    bundle = load_bundle(config.model)
+    bundle = load_bundle(config.model, Path(config.cache_dir) if config.cache_dir else None)
     classifier_config = config.classifier_config()
     ray_options = config.ray_options()
     source = InputSource.open(spec)
