@@ -124,16 +124,17 @@ def _csv_header(path: Path, encoding: str) -> tuple[list[str], int | None]:
         head = fh.read(_CSV_HEAD_BYTES + 1)
     complete = len(head) <= _CSV_HEAD_BYTES
     head = head[:_CSV_HEAD_BYTES]
-    _check_csv_quoting(path, head.decode(encoding, errors="replace"), complete)
-    try:
-        table = pacsv.read_csv(io.BytesIO(head), read_options=pacsv.ReadOptions(encoding=encoding, block_size=1 << 20),
-                               parse_options=pacsv.ParseOptions(newlines_in_values=True))
-    except pa.ArrowInvalid:
-        if complete:
-            raise
-        table = pacsv.read_csv(io.BytesIO(head.split(b"\n", 1)[0]), read_options=pacsv.ReadOptions(encoding=encoding))
-        return table.column_names, None
-    return table.column_names, table.num_rows if complete else None
+    text = head.decode(encoding, errors="replace")
+    _check_csv_quoting(path, text, complete)
+    if not complete:
+        # the head ends mid-row: take the header record alone (Python's csv, like the quote check;
+        # Arrow would need the header's line ending, and reads an LF header line without one as empty)
+        header = next(csv.reader(io.StringIO(text.removeprefix("\ufeff"), newline="")), [])
+        if header:
+            return header, None
+    table = pacsv.read_csv(io.BytesIO(head), read_options=pacsv.ReadOptions(encoding=encoding, block_size=1 << 20),
+                           parse_options=pacsv.ParseOptions(newlines_in_values=True))
+    return table.column_names, table.num_rows
 
 
 def inspect_input(path: str | Path, *, fmt: InputFormat | None = None, encoding: str | None = None) -> InputSpec:
