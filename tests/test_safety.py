@@ -13,10 +13,15 @@ import io
 import lzma
 from pathlib import Path
 
+import pyarrow.csv as pacsv
 import pytest
 
+from soi_batch.cli import main
+from soi_batch.errors import InputReadError
 from soi_batch.io import inspect_input, read_table
+from soi_batch.nightly import NightlyConfig, run_nightly
 from soi_batch.nightly.select import InputSource
+from tests.test_robustness import no_model_no_ray  # noqa: F401  (fixture)
 from training.split import OSHA_SIR
 
 TEXT = "Final Narrative"
@@ -30,6 +35,12 @@ def osha_rows() -> tuple[list[str], list[list[str]]]:
         raw = fh.read().decode("cp1252")
     rows = list(csv.reader(io.StringIO(raw, newline="")))
     return rows[0], rows[1:]
+
+
+def _cli(args: list[str], capsys) -> tuple[int, str]:
+    rc = main(["classify", *args])
+    captured = capsys.readouterr()
+    return rc, captured.err + captured.out
 
 
 def _write_osha_csv(path: Path, header: list[str], rows: list[list[str]], *, eol: str = "\r\n",
@@ -57,3 +68,78 @@ def test_osha_csv_of_any_size_and_line_ending_is_read(tmp_path, osha_rows, rows,
     assert table.num_rows == rows and table.column(TEXT).to_pylist() == [r[header.index(TEXT)] for r in body[:rows]]
     # the nightly job's reader (select + stage) sees the same rows
     assert sum(b.num_rows for b in InputSource.open(spec).batches([TEXT])) == rows
+
+
+# --- a broken quote anywhere in a CSV (#20.3) ---------------------------------------------------------
+BROKEN_COLUMNS = ["ID", "EventDate", TEXT, "Source"]
+
+
+def _broken_osha_csv(tmp_path: Path, header: list[str], body: list[list[str]], *, eol: str, defect: str,
+                     rows: int = 8000, after_bytes: int = 1 << 20) -> tuple[Path, int]:
+    """8,000 real rows (id, date, narrative, code), one broken after ``after_bytes``; the file and its line.
+
+    "closing quote dropped" is the issue's silent case: the broken narrative is followed by one that
+    is quoted for a quote (no comma, no line break), so Arrow ends the swallowed field there and
+    the merged row still has 4 fields; one row disappears without an error.
+    """
+    cols = [header.index(c) for c in BROKEN_COLUMNS]
+    body = [[r[c] for c in cols] for r in body[:rows]]
+    ti = BROKEN_COLUMNS.index(TEXT)
+    good = _write_osha_csv(tmp_path / "good.csv", BROKEN_COLUMNS, body, eol=eol, quoting=csv.QUOTE_MINIMAL)
+    text = good.read_bytes().decode("cp1252")
+
+    def fits(i: int) -> bool:
+        here, nxt = body[i][ti], body[i + 1][ti]
+        return ("," in here and '"' not in here and len(text[: text.find(here)].encode("cp1252")) > after_bytes
+                and (defect != "closing quote dropped" or ("," not in nxt and '"' in nxt and "\n" not in nxt)))
+
+    k = next(i for i in range(rows - 1) if fits(i))
+    narrative = body[k][ti]
+    start = text.index(f'"{narrative}"')
+    if defect == "closing quote dropped":
+        broken = text[:start] + f'"{narrative}' + text[start + len(narrative) + 2:]
+    else:  # an inner quote not doubled
+        cut = narrative.index(" ", 10)
+        broken = text[:start] + f'"{narrative[:cut]} "stop" {narrative[cut + 1:]}"' + text[start + len(narrative) + 2:]
+    src = tmp_path / "broken.csv"
+    src.write_bytes(broken.encode("cp1252"))
+    return src, text[:start].count("\n") + 1
+
+
+@pytest.mark.usefixtures("no_model_no_ray")
+@pytest.mark.parametrize("defect", ["closing quote dropped", "unescaped quote"])
+@pytest.mark.parametrize("eol", ["\n", "\r\n"], ids=["LF", "CRLF"])
+def test_broken_quote_after_the_first_mib_fails_up_front(tmp_path, capsys, osha_rows, eol, defect):
+    header, body = osha_rows
+    src, line = _broken_osha_csv(tmp_path, header, body, eol=eol, defect=defect)
+    if defect == "closing quote dropped":  # what Arrow alone makes of it: one row fewer, no error
+        lenient = pacsv.read_csv(src, read_options=pacsv.ReadOptions(encoding="cp1252"),
+                                 parse_options=pacsv.ParseOptions(newlines_in_values=True))
+        assert lenient.num_rows == 7999
+    with pytest.raises(InputReadError, match=rf"malformed CSV near line {line}\b"):
+        inspect_input(src)
+    rc, msg = _cli([str(src), str(tmp_path / "out"), "--id-col", "ID"], capsys)
+    assert rc == 2, msg
+    assert str(src) in msg and f"near line {line}:" in msg and "quote" in msg and msg.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(InputReadError, match=rf"near line {line}\b"):  # the nightly job checks the same way
+        run_nightly(NightlyConfig(input=str(src), output=str(tmp_path / "nightly"), id_col="ID"))
+    assert not (tmp_path / "nightly").exists()
+
+
+def test_ragged_row_after_the_first_mib_fails_up_front(tmp_path, osha_rows):
+    header, body = osha_rows
+    rows = [list(r) for r in body[:8000]]
+    rows[6000] = ["RAGGED-ROW", *rows[6000][1:], "extra"]
+    src = _write_osha_csv(tmp_path / "ragged.csv", header, rows, eol="\n")
+    text = src.read_bytes().decode("cp1252")
+    line = text[: text.index('"RAGGED-ROW"')].count("\n") + 1  # narratives hold line breaks: not row + 2
+    with pytest.raises(InputReadError, match=rf"{src}: malformed CSV near line {line}: Expected 26 columns, got 27"):
+        inspect_input(src)
+
+
+def test_csv_record_count_is_exact_for_any_size(tmp_path, osha_rows):
+    header, body = osha_rows
+    for rows, eol in ((1000, "\r\n"), (10_000, "\n")):
+        src = _write_osha_csv(tmp_path / f"osha-{rows}.csv", header, body[:rows], eol=eol)
+        assert inspect_input(src).num_rows == rows
