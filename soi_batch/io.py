@@ -57,13 +57,18 @@ class InputSpec:
         if self.schema is None:
             return  # CSV: every column is read as a string
         kind = self.schema.field(name).type
-        value = kind.value_type if pa.types.is_dictionary(kind) else kind
-        if not (pa.types.is_string(value) or pa.types.is_large_string(value) or pa.types.is_string_view(value)
-                or pa.types.is_null(value)):
+        if not is_text_type(kind):
             raise InputSchemaError(
                 f"{self.path}: {role} {name!r} has type {kind}, not string; the narratives must be text. "
                 f"Cast the column to string, or pass the narrative column with --text-col."
             )
+
+
+def is_text_type(kind: pa.DataType) -> bool:
+    """A column of strings (plain, large, view or dictionary-encoded) or of nulls only."""
+    value = kind.value_type if pa.types.is_dictionary(kind) else kind
+    return (pa.types.is_string(value) or pa.types.is_large_string(value) or pa.types.is_string_view(value)
+            or pa.types.is_null(value))
 
 
 def detect_format(path: str | Path) -> InputFormat:

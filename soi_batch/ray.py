@@ -17,6 +17,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from soi_batch.checks import model_for_workers, require_dataset_text
 from soi_batch.classifier import Classifier, ClassifierConfig
 from soi_batch.errors import ConfigError
 from soi_batch.io import InputSpec, OutputFormat, csv_options
@@ -69,8 +70,11 @@ def classify_dataset(ds: Any, *, text_col: str, model: str | Path | None = None,
                      options: RayOptions = RayOptions()) -> Any:
     """``ds`` (a ``ray.data.Dataset``) with the result columns appended, lazily.
 
-    Ray must already be initialised (``ray.init()``); this function does not start it.
+    Ray must already be initialised (``ray.init()``); this function does not start it.  The
+    model bundle and ``text_col`` (present, string) are checked here, before the Dataset runs.
     """
+    model = model_for_workers(model)  # BundleError now, not ActorDiedError from an actor later
+    require_dataset_text(ds, text_col)
     gpus = options.gpus_per_actor
     if gpus is None:
         gpus = 1.0 if _cluster_gpus() > 0 and config.device != "cpu" else 0.0

@@ -143,3 +143,36 @@ def test_csv_record_count_is_exact_for_any_size(tmp_path, osha_rows):
     for rows, eol in ((1000, "\r\n"), (10_000, "\n")):
         src = _write_osha_csv(tmp_path / f"osha-{rows}.csv", header, body[:rows], eol=eol)
         assert inspect_input(src).num_rows == rows
+
+
+# --- classify_dataset checks its model and text column before the Dataset runs (#18.7) --------------
+def _ds_cases(tmp_path: Path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import ray.data
+
+    table = pa.table({"id": ["1", "2"], TEXT: ["Employee fell from a ladder.", "Forklift struck a worker."],
+                      "n": [1, 2]})
+    pq.write_table(table, tmp_path / "in.parquet")
+    (tmp_path / "in.csv").write_text('id,Final Narrative\n1,"Employee fell, hard."\n', encoding="utf-8")
+    return {
+        "arrow": ray.data.from_arrow(table),
+        "parquet": ray.data.read_parquet(str(tmp_path / "in.parquet")),
+        "csv": ray.data.read_csv(str(tmp_path / "in.csv")),  # schema known only after reading a block
+    }
+
+
+def test_classify_dataset_refuses_bad_model_or_text_column_up_front(tmp_path, ray_local):
+    from soi_batch.errors import BundleError, InputSchemaError
+    from soi_batch.ray import classify_dataset
+
+    for name, ds in _ds_cases(tmp_path).items():
+        with pytest.raises(BundleError, match="no_such_model"):
+            classify_dataset(ds, text_col=TEXT, model=tmp_path / "no_such_model", run_id="r")
+        with pytest.raises(InputSchemaError, match=r"text column 'Narrative' not found; available columns: "
+                                                   r"\['id', 'Final Narrative'.*text_col="):
+            classify_dataset(ds, text_col="Narrative", run_id="r")
+        if name != "csv":
+            with pytest.raises(InputSchemaError, match="text column 'n' has type int64, not string"):
+                classify_dataset(ds, text_col="n", run_id="r")
+        assert classify_dataset(ds, text_col=TEXT, run_id="r") is not None  # valid: still lazy, no error
