@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
 from soi_batch.bundle import load_bundle
-from soi_batch.errors import InputSchemaError
-from soi_batch.io import is_text_type
+from soi_batch.errors import ConfigError, InputSchemaError
+from soi_batch.io import OUTPUT_FORMATS, is_text_type
 
 
 def model_for_workers(model: str | Path | None) -> str | None:
@@ -46,3 +47,33 @@ def require_dataset_text(ds: Any, text_col: str) -> None:
             f"Ray Dataset: text column {text_col!r} has type {kind}, not string; the narratives must be text. "
             f"Cast the column to string first, or pass the narrative column with text_col=..."
         )
+
+
+def check_output(output: str | Path, *, fmt: str, overwrite: bool) -> Path:
+    """The output as an absolute path, checked before any row is classified.
+
+    Raises :class:`ConfigError` for an unknown format, an existing output without ``overwrite``,
+    and a parent that is not a directory or not writable (tried by creating a directory there).
+    """
+    if fmt not in OUTPUT_FORMATS:
+        raise ConfigError(f"output format {fmt!r} is not one of {list(OUTPUT_FORMATS)}")
+    out = Path(output).expanduser().resolve()
+    if out.exists() and not overwrite:
+        raise ConfigError(f"{output} exists; pass --overwrite or choose another output")
+    _check_writable(out.parent, out)
+    return out
+
+
+def _check_writable(directory: Path, out: Path) -> None:
+    """Raise :class:`ConfigError` unless a directory can be created in ``directory`` (or its nearest existing ancestor)."""
+    while not directory.exists() and directory != directory.parent:
+        directory = directory.parent
+    if not directory.is_dir():
+        raise ConfigError(f"cannot write the output {out}: {directory} is not a directory; choose another OUTPUT")
+    try:
+        Path(tempfile.mkdtemp(prefix=".soi-write-check-", dir=directory)).rmdir()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write the output {out}: {directory} is not writable ({exc.strerror}); choose another "
+            "OUTPUT or fix the permissions"
+        ) from exc

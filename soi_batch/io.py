@@ -71,6 +71,13 @@ def is_text_type(kind: pa.DataType) -> bool:
             or pa.types.is_null(value))
 
 
+def absolute_uri(path: str | Path) -> str:
+    """A local path made absolute (Ray's workers keep the working directory Ray started in, and
+    Ray's Delta writer needs a URI); a URI with a scheme (``s3://…``) as it is."""
+    text = str(path)
+    return text if "://" in text else str(Path(text).expanduser().absolute())
+
+
 def detect_format(path: str | Path) -> InputFormat:
     p = Path(path)
     if (p / "_delta_log").is_dir():

@@ -20,7 +20,7 @@ import pyarrow as pa
 from soi_batch.checks import model_for_workers, require_dataset_text
 from soi_batch.classifier import Classifier, ClassifierConfig
 from soi_batch.errors import ConfigError
-from soi_batch.io import InputSpec, OutputFormat, csv_options
+from soi_batch.io import OUTPUT_FORMATS, InputSpec, OutputFormat, absolute_uri, csv_options
 
 log = logging.getLogger(__name__)
 
@@ -107,21 +107,24 @@ def read_reports(spec: InputSpec, *, override_num_blocks: int | None = None) -> 
     """A ``ray.data.Dataset`` over a validated input (see :func:`soi_batch.io.inspect_input`)."""
     import ray.data
 
+    path = absolute_uri(spec.path)
     if spec.format == "csv":
         read, parse, convert = csv_options(spec)
-        return ray.data.read_csv(spec.path, read_options=read, parse_options=parse, convert_options=convert,
+        return ray.data.read_csv(path, read_options=read, parse_options=parse, convert_options=convert,
                                  override_num_blocks=override_num_blocks)
     if spec.format == "delta":
-        return ray.data.read_delta(spec.path, override_num_blocks=override_num_blocks)
-    return ray.data.read_parquet(spec.path, override_num_blocks=override_num_blocks)
+        return ray.data.read_delta(path, override_num_blocks=override_num_blocks)
+    return ray.data.read_parquet(path, override_num_blocks=override_num_blocks)
 
 
 def write_results(ds: Any, path: str | Path, *, fmt: OutputFormat) -> None:
     """Write a classified dataset: a directory of Parquet files, or a Delta table (appended)."""
+    if fmt not in OUTPUT_FORMATS:  # before the Dataset runs
+        raise ConfigError(f"output format {fmt!r} is not one of {list(OUTPUT_FORMATS)}")
     if fmt == "delta":
-        ds.write_delta(str(path), mode="append")
+        ds.write_delta(absolute_uri(path), mode="append")
     else:
-        ds.write_parquet(str(path))
+        ds.write_parquet(absolute_uri(path))
 
 
 def init_ray(address: str | None = None, *, num_cpus: int | None = None,

@@ -176,3 +176,96 @@ def test_classify_dataset_refuses_bad_model_or_text_column_up_front(tmp_path, ra
             with pytest.raises(InputSchemaError, match="text column 'n' has type int64, not string"):
                 classify_dataset(ds, text_col="n", run_id="r")
         assert classify_dataset(ds, text_col=TEXT, run_id="r") is not None  # valid: still lazy, no error
+
+
+# --- output checks before any row is classified; relative paths (#18.1) -------------------------------
+def _small_inputs(root: Path, osha_rows, rows: int = 40) -> None:
+    """reports.csv (cp1252, CRLF, quoted), reports.parquet and reports_delta/ with the same real rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from deltalake import write_deltalake
+
+    header, body = osha_rows
+    keep = [header.index(c) for c in ("ID", "EventDate", TEXT, "Source")]
+    cols = [header[i] for i in keep]
+    body = [[f"r{n:03d}", *(r[i] for i in keep[1:])] for n, r in enumerate(body[:rows])]
+    _write_osha_csv(root / "reports.csv", cols, body)
+    table = pa.table({c: [r[i] for r in body] for i, c in enumerate(cols)})
+    pq.write_table(table, root / "reports.parquet")
+    write_deltalake(str(root / "reports_delta"), table)
+
+
+@pytest.mark.usefixtures("no_model_no_ray")
+@pytest.mark.parametrize("case", ["parent is a file", "parent not writable (/sys)", "parent not writable (chmod)",
+                                  "exists, no --overwrite"])
+def test_output_problems_fail_before_any_work(tmp_path, capsys, osha_rows, monkeypatch, case):
+    import os
+
+    monkeypatch.chdir(tmp_path)
+    _small_inputs(tmp_path, osha_rows, rows=5)
+    if case == "parent is a file":
+        Path("notes.txt").write_text("x")
+        output, expect = "notes.txt/results", "notes.txt is not a directory"
+    elif case == "parent not writable (/sys)":
+        if not Path("/sys").is_dir():
+            pytest.skip("no /sys")
+        output, expect = "/sys/soi-results", "/sys is not writable"
+    elif case == "parent not writable (chmod)":
+        if os.geteuid() == 0:
+            pytest.skip("root writes anywhere")
+        Path("ro").mkdir(mode=0o555)
+        output, expect = "ro/sub/results", "ro is not writable"
+    else:
+        Path("results").mkdir()
+        (Path("results") / "part-0.parquet").write_bytes(b"old")
+        output, expect = "results", "exists; pass --overwrite"
+    for fmt in ("parquet", "delta"):
+        rc, msg = _cli(["reports.csv", output, "--output-format", fmt], capsys)
+        assert rc == 2 and expect in msg and msg.count("\n") == 1, msg
+    if case.startswith("exists"):
+        assert (Path("results") / "part-0.parquet").read_bytes() == b"old"
+
+
+def test_unknown_output_format_fails_before_the_dataset_runs(tmp_path, ray_local):
+    import pyarrow as pa
+    import ray.data
+
+    from soi_batch.checks import check_output
+    from soi_batch.errors import ConfigError
+    from soi_batch.ray import write_results
+
+    with pytest.raises(ConfigError, match=r"output format 'csv' is not one of \['parquet', 'delta'\]"):
+        check_output(tmp_path / "out", fmt="csv", overwrite=False)
+
+    def explode(batch):
+        raise AssertionError("the Dataset ran")
+
+    ds = ray.data.from_arrow(pa.table({"a": [1]})).map_batches(explode)
+    with pytest.raises(ConfigError, match="output format 'csv'"):
+        write_results(ds, tmp_path / "out", fmt="csv")
+
+
+@pytest.mark.slow
+def test_relative_paths_for_every_input_and_output(tmp_path, capsys, osha_rows, tiny_bundle, ray_local, monkeypatch):
+    """The README's `classify reports_delta/ results_delta/ --output-format delta`, and CSV/Parquet, from
+    another working directory than the one Ray started in; the nightly job with relative paths."""
+    import os
+
+    import pyarrow.dataset as pads
+    from deltalake import DeltaTable
+
+    monkeypatch.chdir(tmp_path)
+    _small_inputs(tmp_path, osha_rows)
+    model = ["--model", str(tiny_bundle), "--id-col", "ID", "--batch-size", "16"]
+    for src, out, fmt in (("reports_delta/", "results_delta/", "delta"), ("reports.csv", "results", "parquet"),
+                          ("./reports.parquet", "sub/../results_pq_delta", "delta")):
+        rc, msg = _cli([src, out, "--output-format", fmt, *model], capsys)
+        assert rc == 0, msg
+        path = tmp_path / os.path.normpath(out)
+        table = (DeltaTable(str(path)).to_pyarrow_table() if fmt == "delta"
+                 else pads.dataset(str(path), format="parquet").to_table())
+        assert sorted(table.column("ID").to_pylist()) == [f"r{n:03d}" for n in range(40)], (src, out)
+    manifest = run_nightly(NightlyConfig(input="reports_delta", output="nightly_delta", id_col="ID",
+                                         model=str(tiny_bundle), chunk_rows=100, ray={"batch_size": 100}))
+    assert manifest.status == "completed" and manifest.counts.classified == 40
+    assert DeltaTable(str(tmp_path / "nightly_delta")).to_pyarrow_table().num_rows == 40

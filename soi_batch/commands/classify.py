@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 
 from soi_batch.bundle import load_bundle
+from soi_batch.checks import check_output
 from soi_batch.classifier import ClassifierConfig
 from soi_batch.errors import ConfigError
 from soi_batch.io import INPUT_FORMATS, OUTPUT_FORMATS, InputSpec, inspect_input, read_table, write_table
@@ -57,10 +58,8 @@ def run(args: argparse.Namespace) -> int:
     spec.require_text(args.text_col, role="text column")
     spec.require(args.id_col, role="id column")
     bundle = load_bundle(args.model)  # validates the bundle before Ray or any weights start
-    out = Path(args.output)
+    out = check_output(args.output, fmt=args.output_format, overwrite=args.overwrite)  # absolute
     if out.exists():
-        if not args.overwrite:
-            raise ConfigError(f"{out} exists; pass --overwrite or choose another output")
         shutil.rmtree(out) if out.is_dir() else out.unlink()
     if spec.num_rows == 0:
         write_empty_output(spec, out, fmt=args.output_format, keep_probabilities=args.keep_probabilities)
