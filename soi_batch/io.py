@@ -216,7 +216,7 @@ def write_table(table: pa.Table, path: str | Path, *, fmt: OutputFormat, mode: L
     if fmt == "delta":
         from deltalake import write_deltalake
 
-        write_deltalake(str(path), table, mode=mode)
+        write_deltalake(str(path), table, mode=mode, schema_mode="overwrite" if mode == "overwrite" else None)
     elif fmt == "parquet":
         if Path(path).exists() and mode == "error":
             raise ConfigError(f"{path} exists; choose another output or delete it")

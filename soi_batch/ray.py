@@ -13,7 +13,7 @@ import logging
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow as pa
 
@@ -117,12 +117,17 @@ def read_reports(spec: InputSpec, *, override_num_blocks: int | None = None) -> 
     return ray.data.read_parquet(path, override_num_blocks=override_num_blocks)
 
 
-def write_results(ds: Any, path: str | Path, *, fmt: OutputFormat) -> None:
-    """Write a classified dataset: a directory of Parquet files, or a Delta table (appended)."""
+def write_results(ds: Any, path: str | Path, *, fmt: OutputFormat,
+                  mode: Literal["append", "overwrite"] = "append") -> None:
+    """Write a classified dataset: a directory of Parquet files, or a Delta table.
+
+    Delta: ``mode="append"`` creates the table or appends to it; ``"overwrite"`` commits a new
+    table version holding only these rows (the schema replaced; older versions kept until vacuum).
+    """
     if fmt not in OUTPUT_FORMATS:  # before the Dataset runs
         raise ConfigError(f"output format {fmt!r} is not one of {list(OUTPUT_FORMATS)}")
     if fmt == "delta":
-        ds.write_delta(absolute_uri(path), mode="append")
+        ds.write_delta(absolute_uri(path), mode=mode)
     else:
         ds.write_parquet(absolute_uri(path))
 

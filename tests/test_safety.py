@@ -269,3 +269,141 @@ def test_relative_paths_for_every_input_and_output(tmp_path, capsys, osha_rows, 
                                          model=str(tiny_bundle), chunk_rows=100, ray={"batch_size": 100}))
     assert manifest.status == "completed" and manifest.counts.classified == 40
     assert DeltaTable(str(tmp_path / "nightly_delta")).to_pyarrow_table().num_rows == 40
+
+
+# --- the output never overlaps the input; --overwrite deletes nothing before the new result (#20.1, #18.6)
+def _tree(path: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.usefixtures("no_model_no_ray")
+@pytest.mark.parametrize("case", [
+    "csv, output = its folder", "csv, output = the file", "delta dir, output = input", "parquet dir, output = input",
+    "delta dir, output inside", "parquet dir, output inside", "csv, output = folder via symlink",
+    "delta dir, output = input via ./x/../", "output = folder above the input's folder",
+])
+def test_output_that_is_contains_or_is_inside_the_input_is_refused(tmp_path, capsys, osha_rows, monkeypatch, case):
+    import pyarrow.parquet as pq
+
+    monkeypatch.chdir(tmp_path)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    _small_inputs(scratch, osha_rows, rows=5)
+    (scratch / "ds").mkdir()
+    pq.write_table(pq.read_table(scratch / "reports.parquet"), scratch / "ds" / "part-0.parquet")
+    (scratch / "link").symlink_to(scratch, target_is_directory=True)
+    before = _tree(tmp_path)
+    src, out, expect = {
+        "csv, output = its folder": ("scratch/reports.csv", "scratch", "contains the input"),
+        "csv, output = the file": ("scratch/reports.csv", "scratch/reports.csv", "is the input"),
+        "delta dir, output = input": ("scratch/reports_delta", "scratch/reports_delta", "is the input"),
+        "parquet dir, output = input": ("scratch/ds", "scratch/ds/", "is the input"),
+        "delta dir, output inside": ("scratch/reports_delta", "scratch/reports_delta/out", "is inside the input"),
+        "parquet dir, output inside": ("scratch/ds", "scratch/ds/results", "is inside the input"),
+        "csv, output = folder via symlink": ("scratch/reports.csv", "scratch/link", "contains the input"),
+        "delta dir, output = input via ./x/../": ("scratch/reports_delta",
+                                                  "./scratch/ds/../reports_delta", "is the input"),
+        "output = folder above the input's folder": (str(scratch / "ds"), str(tmp_path), "contains the input"),
+    }[case]
+    for fmt in ("parquet", "delta"):
+        rc, msg = _cli([src, out, "--overwrite", "--output-format", fmt], capsys)
+        assert rc == 2 and expect in msg and "choose" in msg.lower() and msg.count("\n") == 1, msg
+    assert _tree(tmp_path) == before  # nothing deleted, nothing written
+
+
+@pytest.mark.usefixtures("no_model_no_ray")
+def test_overwrite_refuses_a_folder_that_is_not_an_earlier_output(tmp_path, capsys, osha_rows):
+    _small_inputs(tmp_path, osha_rows, rows=5)
+    out = tmp_path / "home"
+    out.mkdir()
+    (out / "thesis.docx").write_bytes(b"years of work")
+    (out / "part-0.parquet").write_bytes(b"x")
+    for fmt in ("parquet", "delta"):
+        rc, msg = _cli([str(tmp_path / "reports.csv"), str(out), "--overwrite", "--output-format", fmt], capsys)
+        assert rc == 2 and "not a Parquet output or a Delta table" in msg and "thesis.docx" in msg, msg
+    assert (out / "thesis.docx").read_bytes() == b"years of work"
+
+
+def _fail_while_writing(monkeypatch) -> None:
+    """Everything up to the write runs for real; the write itself fails (no model, no Ray)."""
+    import soi_batch.ray
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("disk full while writing")
+
+    monkeypatch.setattr(soi_batch.ray, "init_ray", lambda *a, **k: None)
+    monkeypatch.setattr(soi_batch.ray, "read_reports", lambda spec, **k: "dataset")
+    monkeypatch.setattr(soi_batch.ray, "classify_dataset", lambda ds, **k: ds)
+    monkeypatch.setattr(soi_batch.ray, "write_results", crash)
+
+
+@pytest.mark.usefixtures("no_model_no_ray")
+@pytest.mark.parametrize("old,fmt", [("delta", "delta"), ("parquet", "parquet"), ("parquet", "delta"),
+                                     ("delta", "parquet")])
+def test_overwrite_keeps_the_old_output_when_the_write_fails(tmp_path, osha_rows, monkeypatch, old, fmt):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from deltalake import DeltaTable, write_deltalake
+
+    _small_inputs(tmp_path, osha_rows, rows=5)
+    out = tmp_path / "results"
+    previous = pa.table({"ID": ["old-1", "old-2"], "source_code": ["66", "8621"]})
+    if old == "delta":
+        write_deltalake(str(out), previous)
+    else:
+        out.mkdir()
+        pq.write_table(previous, out / "part-0.parquet")
+    before = _tree(tmp_path)
+    _fail_while_writing(monkeypatch)
+    with pytest.raises(RuntimeError, match="disk full"):
+        main(["classify", str(tmp_path / "reports.csv"), str(out), "--overwrite", "--output-format", fmt])
+    assert _tree(tmp_path) == before  # the old output as it was; no staging folder left behind
+    table = DeltaTable(str(out)).to_pyarrow_table() if old == "delta" else pq.read_table(out)
+    assert table.column("ID").to_pylist() == ["old-1", "old-2"]
+
+
+@pytest.mark.usefixtures("no_model_no_ray")
+def test_overwrite_of_a_delta_table_is_a_new_version(tmp_path, capsys, osha_rows):
+    """0-row input (no model needed): --overwrite on a Delta output commits a new version; history kept."""
+    import pyarrow as pa
+    from deltalake import DeltaTable, write_deltalake
+
+    header, _ = osha_rows
+    src = _write_osha_csv(tmp_path / "empty.csv", header, [])
+    out = tmp_path / "results"
+    write_deltalake(str(out), pa.table({"ID": ["old-1", "old-2"], "source_code": ["66", "8621"]}))
+    rc, msg = _cli([str(src), str(out), "--overwrite", "--output-format", "delta", "--keep-probabilities"], capsys)
+    assert rc == 0 and "has 0 rows" in msg, msg
+    table = DeltaTable(str(out))
+    assert table.version() == 1 and table.to_pyarrow_table().num_rows == 0
+    assert "division_probs" in table.schema().to_arrow().names  # the new schema replaced the old one
+    assert len(table.history()) == 2
+    assert DeltaTable(str(out), version=0).to_pyarrow_table().column("ID").to_pylist() == ["old-1", "old-2"]
+
+
+@pytest.mark.slow
+def test_overwrite_end_to_end_keeps_delta_history_and_replaces_parquet(tmp_path, capsys, osha_rows, tiny_bundle,
+                                                                      ray_local):
+    import pyarrow.dataset as pads
+    from deltalake import DeltaTable
+
+    _small_inputs(tmp_path, osha_rows)
+    src, model = str(tmp_path / "reports_delta"), ["--model", str(tiny_bundle), "--batch-size", "16"]
+    out = tmp_path / "results_delta"
+    assert _cli([src, str(out), "--output-format", "delta", *model], capsys)[0] == 0
+    rc, msg = _cli([src, str(out), "--output-format", "delta", "--overwrite", "--keep-probabilities", *model], capsys)
+    assert rc == 0, msg
+    table = DeltaTable(str(out))
+    assert table.version() == 1 and table.to_pyarrow_table().num_rows == 40
+    assert "division_probs" in table.schema().to_arrow().names
+    assert "division_probs" not in DeltaTable(str(out), version=0).schema().to_arrow().names
+    assert DeltaTable(str(out), version=0).to_pyarrow_table().num_rows == 40
+    pq_out = tmp_path / "results_pq"
+    pq_out.mkdir()
+    (pq_out / "stale.parquet").write_bytes(b"old")
+    rc, msg = _cli([src, str(pq_out), "--overwrite", *model], capsys)
+    assert rc == 0, msg
+    assert not (pq_out / "stale.parquet").exists()
+    assert pads.dataset(str(pq_out), format="parquet").to_table().num_rows == 40
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["reports.csv", "reports.parquet", "reports_delta",
+                                                          "results_delta", "results_pq"]  # no staging left
