@@ -39,7 +39,8 @@ class InputSpec:
     schema: pa.Schema | None = None
     """Column types (Parquet/Delta; None for CSV, whose columns are all read as strings)."""
     num_rows: int | None = None
-    """Row count when it is known without reading the rows (Parquet footers, small CSV), else None."""
+    """Row count when it is known before the rows are read (Parquet footers; CSV: the records
+    counted by the strict scan of the whole file), else None (Delta)."""
 
     def require(self, *names: str | None, role: str = "column") -> None:
         """Raise :class:`InputSchemaError` naming the missing column and those available."""
@@ -56,13 +57,25 @@ class InputSpec:
         if self.schema is None:
             return  # CSV: every column is read as a string
         kind = self.schema.field(name).type
-        value = kind.value_type if pa.types.is_dictionary(kind) else kind
-        if not (pa.types.is_string(value) or pa.types.is_large_string(value) or pa.types.is_string_view(value)
-                or pa.types.is_null(value)):
+        if not is_text_type(kind):
             raise InputSchemaError(
                 f"{self.path}: {role} {name!r} has type {kind}, not string; the narratives must be text. "
                 f"Cast the column to string, or pass the narrative column with --text-col."
             )
+
+
+def is_text_type(kind: pa.DataType) -> bool:
+    """A column of strings (plain, large, view or dictionary-encoded) or of nulls only."""
+    value = kind.value_type if pa.types.is_dictionary(kind) else kind
+    return (pa.types.is_string(value) or pa.types.is_large_string(value) or pa.types.is_string_view(value)
+            or pa.types.is_null(value))
+
+
+def absolute_uri(path: str | Path) -> str:
+    """A local path made absolute (Ray's workers keep the working directory Ray started in, and
+    Ray's Delta writer needs a URI); a URI with a scheme (``s3://…``) as it is."""
+    text = str(path)
+    return text if "://" in text else str(Path(text).expanduser().absolute())
 
 
 def detect_format(path: str | Path) -> InputFormat:
@@ -95,45 +108,52 @@ def sniff_encoding(path: str | Path) -> str:
     return "utf-8"
 
 
-_CSV_HEAD_BYTES = 1 << 20
+_CSV_FIELD_LIMIT = 2**31 - 1
+"""Python's csv refuses fields over 128 KiB by default; Arrow has no such limit."""
 
 
-def _check_csv_quoting(path: Path, head: str, complete: bool) -> None:
-    """Parse ``head`` strictly (Python's csv module); raise on a broken quote.
+def _scan_csv(path: Path, encoding: str) -> tuple[list[str], int]:
+    """Parse the whole file strictly (Python's csv, streaming): its header and its record count.
 
-    Arrow's CSV reader accepts an unterminated quote silently and swallows the following
-    rows into one field, so a stray quote would lose rows without an error.  Only the first
-    MiB is checked (``complete``: it is the whole file, so the end must not be inside quotes).
+    Arrow's CSV reader accepts a broken quote silently: it swallows the following lines into one
+    field, and when the field counts still match, rows are lost without an error.  So every record
+    of the file is checked here, before any row is classified: a quote that is not closed or is
+    followed by text, and a record whose field count differs from the header's, raise
+    :class:`InputReadError` with the line where that record starts.  Blank lines are skipped, as
+    Arrow skips them, so the count is the number of rows Arrow reads.
     """
-    reader = csv.reader(io.StringIO(head, newline=""), strict=True)
+    csv.field_size_limit(max(csv.field_size_limit(), _CSV_FIELD_LIMIT))
+    header: list[str] | None = None
+    rows, start = 0, 1
     try:
-        for _ in reader:
-            pass
+        with _open_bytes(path) as raw, io.TextIOWrapper(raw, encoding=encoding, errors="replace", newline="") as text:
+            reader = csv.reader(text, strict=True)
+            for record in reader:
+                if not record:
+                    pass
+                elif header is None:
+                    header = [record[0].removeprefix("\ufeff"), *record[1:]]  # Arrow drops a UTF-8 BOM too
+                elif len(record) != len(header):
+                    raise InputReadError(
+                        f"{path}: malformed CSV near line {start}: Expected {len(header)} columns, got "
+                        f"{len(record)} (the header has {len(header)}); fix that row, or export the file again "
+                        "with every field quoted"
+                    )
+                else:
+                    rows += 1
+                start = reader.line_num + 1
     except csv.Error as exc:
-        if not complete and "unexpected end of data" in str(exc):
-            return  # the head was cut inside a quoted field; the rest of the file continues it
         raise InputReadError(
-            f"{path}: malformed CSV near line {reader.line_num}: {exc} (a quote is not closed or is "
-            "followed by text); fix the quoting, or export the file again with every field quoted"
+            f"{path}: malformed CSV near line {start}: {exc} (a quote opened in the record that starts on "
+            f"line {start} is not closed, or a closing quote is followed by text; found at line "
+            f"{reader.line_num}); fix the quoting (a quote inside a quoted field is written twice), or export "
+            "the file again with every field quoted"
         ) from exc
-
-
-def _csv_header(path: Path, encoding: str) -> tuple[list[str], int | None]:
-    """Column names, and the row count when the whole file fits in the first MiB."""
-    with _open_bytes(path) as fh:
-        head = fh.read(_CSV_HEAD_BYTES + 1)
-    complete = len(head) <= _CSV_HEAD_BYTES
-    head = head[:_CSV_HEAD_BYTES]
-    _check_csv_quoting(path, head.decode(encoding, errors="replace"), complete)
-    try:
-        table = pacsv.read_csv(io.BytesIO(head), read_options=pacsv.ReadOptions(encoding=encoding, block_size=1 << 20),
-                               parse_options=pacsv.ParseOptions(newlines_in_values=True))
-    except pa.ArrowInvalid:
-        if complete:
-            raise
-        table = pacsv.read_csv(io.BytesIO(head.split(b"\n", 1)[0]), read_options=pacsv.ReadOptions(encoding=encoding))
-        return table.column_names, None
-    return table.column_names, table.num_rows if complete else None
+    except LookupError as exc:
+        raise ConfigError(f"{path}: unknown encoding {encoding!r}; pass a Python codec name with --encoding") from exc
+    if header is None:
+        raise InputReadError(f"{path}: cannot read as csv: Empty CSV file: no header line")
+    return header, rows
 
 
 def inspect_input(path: str | Path, *, fmt: InputFormat | None = None, encoding: str | None = None) -> InputSpec:
@@ -149,7 +169,7 @@ def inspect_input(path: str | Path, *, fmt: InputFormat | None = None, encoding:
             if p.is_dir():
                 raise InputReadError(f"{path}: is a directory; CSV input must be one file")
             enc = encoding or sniff_encoding(p)
-            columns, num_rows = _csv_header(p, enc)
+            columns, num_rows = _scan_csv(p, enc)
             return InputSpec(str(p), "csv", columns, enc, num_rows=num_rows)
         if fmt == "delta":
             from deltalake import DeltaTable
@@ -196,7 +216,7 @@ def write_table(table: pa.Table, path: str | Path, *, fmt: OutputFormat, mode: L
     if fmt == "delta":
         from deltalake import write_deltalake
 
-        write_deltalake(str(path), table, mode=mode)
+        write_deltalake(str(path), table, mode=mode, schema_mode="overwrite" if mode == "overwrite" else None)
     elif fmt == "parquet":
         if Path(path).exists() and mode == "error":
             raise ConfigError(f"{path} exists; choose another output or delete it")

@@ -13,14 +13,14 @@ import logging
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow as pa
 
-from soi_batch.bundle import load_bundle
+from soi_batch.checks import model_for_workers, require_dataset_text
 from soi_batch.classifier import Classifier, ClassifierConfig
 from soi_batch.errors import ConfigError
-from soi_batch.io import InputSpec, OutputFormat, csv_options
+from soi_batch.io import OUTPUT_FORMATS, InputSpec, OutputFormat, absolute_uri, csv_options
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +70,13 @@ def classify_dataset(ds: Any, *, text_col: str, model: str | Path | None = None,
                      options: RayOptions = RayOptions(), cache_dir: Path | None = None) -> Any:
     """``ds`` (a ``ray.data.Dataset``) with the result columns appended, lazily.
 
-    ``model`` (a name, bundle directory or hub id) is resolved on the driver, so a named model is
-    built once into ``cache_dir`` and every actor loads the same directory.
-    Ray must already be initialised (``ray.init()``); this function does not start it.
+    ``model`` (a name, bundle directory or hub id) is resolved on the driver: a named model is built
+    once into ``cache_dir`` and every actor loads the same directory.  Ray must already be initialised
+    (``ray.init()``); this function does not start it.  The model bundle and ``text_col`` (present,
+    string) are checked here, before the Dataset runs.
     """
-    model_path = str(load_bundle(model, cache_dir).path)
+    model_path = model_for_workers(model, cache_dir)  # BundleError now, not ActorDiedError from an actor later
+    require_dataset_text(ds, text_col)
     gpus = options.gpus_per_actor
     if gpus is None:
         gpus = 1.0 if _cluster_gpus() > 0 and config.device != "cpu" else 0.0
@@ -107,21 +109,29 @@ def read_reports(spec: InputSpec, *, override_num_blocks: int | None = None) -> 
     """A ``ray.data.Dataset`` over a validated input (see :func:`soi_batch.io.inspect_input`)."""
     import ray.data
 
+    path = absolute_uri(spec.path)
     if spec.format == "csv":
         read, parse, convert = csv_options(spec)
-        return ray.data.read_csv(spec.path, read_options=read, parse_options=parse, convert_options=convert,
+        return ray.data.read_csv(path, read_options=read, parse_options=parse, convert_options=convert,
                                  override_num_blocks=override_num_blocks)
     if spec.format == "delta":
-        return ray.data.read_delta(spec.path, override_num_blocks=override_num_blocks)
-    return ray.data.read_parquet(spec.path, override_num_blocks=override_num_blocks)
+        return ray.data.read_delta(path, override_num_blocks=override_num_blocks)
+    return ray.data.read_parquet(path, override_num_blocks=override_num_blocks)
 
 
-def write_results(ds: Any, path: str | Path, *, fmt: OutputFormat) -> None:
-    """Write a classified dataset: a directory of Parquet files, or a Delta table (appended)."""
+def write_results(ds: Any, path: str | Path, *, fmt: OutputFormat,
+                  mode: Literal["append", "overwrite"] = "append") -> None:
+    """Write a classified dataset: a directory of Parquet files, or a Delta table.
+
+    Delta: ``mode="append"`` creates the table or appends to it; ``"overwrite"`` commits a new
+    table version holding only these rows (the schema replaced; older versions kept until vacuum).
+    """
+    if fmt not in OUTPUT_FORMATS:  # before the Dataset runs
+        raise ConfigError(f"output format {fmt!r} is not one of {list(OUTPUT_FORMATS)}")
     if fmt == "delta":
-        ds.write_delta(str(path), mode="append")
+        ds.write_delta(absolute_uri(path), mode=mode)
     else:
-        ds.write_parquet(str(path))
+        ds.write_parquet(absolute_uri(path))
 
 
 def init_ray(address: str | None = None, *, num_cpus: int | None = None,

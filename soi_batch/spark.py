@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import pyarrow as pa
 
-from soi_batch.bundle import is_hub_id, load_bundle
+from soi_batch.checks import model_for_workers
 from soi_batch.classifier import Classifier, ClassifierConfig, EngineName
 from soi_batch.errors import ConfigError, InputSchemaError
 from soi_batch.schema import PROBABILITIES_SCHEMA, RESULT_SCHEMA
@@ -193,18 +193,6 @@ def _wanted_gpus_per_task(spark: SparkSession, gpus_per_task: float | None) -> f
     return 1.0 if executor_gpus > 0 and task_gpus == 0 else 0.0
 
 
-def _model_for_workers(model: str | Path | None, cache_dir: Path | None) -> str:
-    """Validate the bundle on the driver (no weights read) and name it for the workers.
-
-    A named model (or None, the default) is built on the driver and passed as its directory, like
-    a local directory (it must be readable at the same path on every executor: on a cluster, point
-    ``cache_dir`` at shared storage); a hub id stays a hub id, so each executor fetches it into its
-    own cache.
-    """
-    bundle = load_bundle(model, cache_dir)
-    return str(model) if is_hub_id(model) else str(bundle.path)
-
-
 def _classifier_config(config: ClassifierConfig | None, *, top_k: int, batch_size: int | None,
                        engine: EngineName) -> ClassifierConfig:
     if config is None:
@@ -273,7 +261,7 @@ def classify_df(
     _check_columns(df, text_col, id_col)
     classifier_config = _classifier_config(config, top_k=top_k, batch_size=batch_size, engine=engine)
     job = _PartitionJob(
-        model=_model_for_workers(model, cache_dir),
+        model=model_for_workers(model, cache_dir),
         config=classifier_config,
         text_col=text_col,
         run_id=uuid.uuid4().hex,

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 import time
 import uuid
 from collections import Counter
 from pathlib import Path
+from typing import Literal
 
 import pyarrow as pa
 import pyarrow.dataset as pads
 
 from soi_batch.bundle import load_bundle
+from soi_batch.checks import check_output
 from soi_batch.classifier import ClassifierConfig
 from soi_batch.commands.options import add_model_options
 from soi_batch.errors import ConfigError
@@ -57,14 +58,13 @@ def run(args: argparse.Namespace) -> int:
     spec = inspect_input(args.input, fmt=args.input_format, encoding=args.encoding)
     spec.require_text(args.text_col, role="text column")
     spec.require(args.id_col, role="id column")
-    bundle = load_bundle(args.model, args.cache_dir)  # validates the bundle before Ray or any weights start
-    out = Path(args.output)
-    if out.exists():
-        if not args.overwrite:
-            raise ConfigError(f"{out} exists; pass --overwrite or choose another output")
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
+    target = check_output(args.output, fmt=args.output_format, overwrite=args.overwrite, input_path=spec.path)
+    out = target.path  # absolute; an existing output is replaced only once the new one is written
+    bundle = load_bundle(args.model, args.cache_dir)  # validates (or builds) the bundle before Ray starts
     if spec.num_rows == 0:
-        write_empty_output(spec, out, fmt=args.output_format, keep_probabilities=args.keep_probabilities)
+        with target.write() as (path, mode):
+            write_empty_output(spec, path, fmt=args.output_format, keep_probabilities=args.keep_probabilities,
+                               mode=mode)
         print(f"input {spec.path} has 0 rows: wrote an empty output with the result columns → {out}")
         return 0
     engine_options: dict = {"quantization": args.quantization} if args.quantization else {}
@@ -83,13 +83,15 @@ def run(args: argparse.Namespace) -> int:
     log.info("run %s: %s (%s) → %s (%s) with %s", run_id, spec.path, spec.format, out, args.output_format,
              bundle.model_id)
     start = time.perf_counter()
-    write_results(ds, out, fmt=args.output_format)
+    with target.write() as (path, mode):
+        write_results(ds, path, fmt=args.output_format, mode=mode)
     elapsed = time.perf_counter() - start
     print(summarize(out, args.output_format, elapsed))
     return 0
 
 
-def write_empty_output(spec: InputSpec, out: Path, *, fmt: str, keep_probabilities: bool) -> None:
+def write_empty_output(spec: InputSpec, out: Path, *, fmt: str, keep_probabilities: bool,
+                       mode: Literal["append", "overwrite"] = "append") -> None:
     """The output of a 0-row input: the input's columns and the result columns, no rows (no model load)."""
     table = read_table(spec)
     if table.num_rows:
@@ -100,7 +102,7 @@ def write_empty_output(spec: InputSpec, out: Path, *, fmt: str, keep_probabiliti
             table = table.drop_columns([field.name])
         table = table.append_column(field, pa.array([], type=field.type))
     if fmt == "delta":
-        write_table(table, out, fmt="delta", mode="append")
+        write_table(table, out, fmt="delta", mode=mode)
     else:  # a directory of Parquet files, like the Ray writer's
         out.mkdir(parents=True)
         write_table(table, out / "part-00000.parquet", fmt="parquet")

@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
 from soi_batch.bundle import load_bundle
-from soi_batch.io import inspect_input
+from soi_batch.io import absolute_uri, inspect_input
 from soi_batch.nightly.config import NightlyConfig
 from soi_batch.nightly.manifest import Counts, RunManifest, distribution, previous_manifest, total_variation
 from soi_batch.nightly.select import TEXT_SHA_COL, InputSource, open_state, select_rows, stage_rows
@@ -157,7 +157,7 @@ def _classify_and_commit(config: NightlyConfig, manifest: RunManifest, sink: Del
     ray.data.DataContext.get_current().enable_progress_bars = config.ray_progress_bars
     # blocks of chunk_rows rows: each actor task then returns about one chunk's results, so commits
     # follow classification (one huge read block would be classified whole before any commit)
-    ds = ray.data.read_parquet(str(staging)).repartition(target_num_rows_per_block=config.chunk_rows)
+    ds = ray.data.read_parquet(absolute_uri(staging)).repartition(target_num_rows_per_block=config.chunk_rows)
     ds = classify_dataset(ds, text_col=config.text_col, model=model_path, config=classifier_config,
                           run_id=manifest.run_id, keep_probabilities=config.keep_probabilities, options=ray_options)
     counts = manifest.counts
