@@ -33,8 +33,9 @@ $(VENV)/.dev: $(VENV)/.core
 setup: $(VENV)/.core
 setup-dev: $(VENV)/.dev
 
+# MODEL=soi-small classifies with soi-small (built from PyPI + the shipped adapter on first use).
 run: setup
-	$(VENV)/bin/soi-batch classify soi_batch/data/osha_sir_sample.csv out/sample --overwrite
+	$(VENV)/bin/soi-batch classify soi_batch/data/osha_sir_sample.csv out/sample --overwrite $(if $(MODEL),--model $(MODEL))
 
 test: setup-dev
 	$(PY) -m pytest -q -p no:cacheprovider

@@ -129,7 +129,7 @@ class Classifier:
         self.config = config
         self.taxonomy = bundle.taxonomy
         limit = config.max_prompt_tokens or 512
-        self.encoder = PromptEncoder(bundle, max_prompt_tokens=limit)
+        self.encoder = PromptEncoder.from_bundle(bundle, max_prompt_tokens=limit)
         self.trie = LabelTrie(self.taxonomy.labels)
         self.engine = build_engine(bundle, self.encoder.shared_prefix_ids, self.encoder.label_token_ids, config,
                                    self.trie)

@@ -33,23 +33,9 @@ class PromptEncoder:
     has an EOS token.  A tokenizer that breaks it raises :class:`TokenizerError`.
     """
 
-    def __init__(self, bundle: ModelBundle, *, max_prompt_tokens: int) -> None:
-        from transformers import AutoTokenizer
-
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(str(bundle.path), trust_remote_code=False)
-        except (OSError, ValueError) as exc:
-            raise BundleError(f"{bundle.path}: cannot load the tokenizer: {exc}") from exc
-        self._setup(tokenizer, bundle.prompt, max_prompt_tokens, str(bundle.path))
-
-    @classmethod
-    def from_tokenizer(cls, tokenizer: Any, template: PromptTemplate, *, max_prompt_tokens: int) -> PromptEncoder:
-        """The same encoder for a tokenizer outside a bundle (training encodes through this)."""
-        encoder = cls.__new__(cls)
-        encoder._setup(tokenizer, template, max_prompt_tokens, type(tokenizer).__name__)
-        return encoder
-
-    def _setup(self, tokenizer: Any, template: PromptTemplate, max_prompt_tokens: int, source: str) -> None:
+    def __init__(self, tokenizer: Any, template: PromptTemplate, *, max_prompt_tokens: int,
+                 source: str = "tokenizer") -> None:
+        """``source`` names where the tokenizer came from, in errors."""
         self.tokenizer = tokenizer
         self.template = template
         self.max_prompt_tokens = max_prompt_tokens
@@ -63,6 +49,17 @@ class PromptEncoder:
                 "long narratives could not be truncated safely"
             )
         self.suffix_ids: list[int] = probe[len(head) :]
+
+    @classmethod
+    def from_bundle(cls, bundle: ModelBundle, *, max_prompt_tokens: int) -> PromptEncoder:
+        """The encoder of a bundle: its tokenizer and its prompt template."""
+        from transformers import AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(bundle.path), trust_remote_code=False)
+        except (OSError, ValueError) as exc:
+            raise BundleError(f"{bundle.path}: cannot load the tokenizer: {exc}") from exc
+        return cls(tokenizer, bundle.prompt, max_prompt_tokens=max_prompt_tokens, source=str(bundle.path))
 
     def _ids(self, text: str) -> list[int]:
         return list(self.tokenizer(text).input_ids)

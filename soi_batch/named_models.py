@@ -88,9 +88,10 @@ def build_adapter_model(model: AdapterModel, cache_dir: Path) -> Path:
                     shutil.copy2(base / name, tmp / name)
             (tmp / _DONE).write_text(json.dumps({"adapter_sha256": adapter_sha, "merged_weights_sha256": digest,
                                                  "base": str(base)}, indent=2) + "\n", encoding="utf-8")
-            if out.exists():
-                shutil.rmtree(out)
-            tmp.rename(out)
+            if not (out / _DONE).is_file():  # else another process finished the same build first: keep theirs
+                if out.exists():
+                    shutil.rmtree(out)  # an incomplete earlier attempt
+                tmp.rename(out)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)

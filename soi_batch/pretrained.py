@@ -119,9 +119,10 @@ def prepare_base(base: PretrainedBase = SMOLLM2_135M, cache_dir: Path | None = N
         info = {**asdict(base), "gguf_path": str(gguf), "converted_weights_sha256": digest,
                 "convert_s": round(time.perf_counter() - started, 1)}
         (tmp / _DONE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        if out.exists():  # an older incomplete directory: replace it
-            shutil.rmtree(out)
-        tmp.rename(out)
+        if not (out / _DONE).is_file():  # else another process finished the same conversion first
+            if out.exists():  # an older incomplete directory: replace it
+                shutil.rmtree(out)
+            tmp.rename(out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -15,7 +15,7 @@ from soi_batch.scorer import LabelScorer, LabelTrie, ScorerConfig
 @pytest.fixture(scope="module")
 def parts(tiny_bundle, osha):
     bundle = load_bundle(tiny_bundle)
-    encoder = PromptEncoder(bundle, max_prompt_tokens=500)
+    encoder = PromptEncoder.from_bundle(bundle, max_prompt_tokens=500)
     engine = HFEngine(bundle, encoder.shared_prefix_ids, encoder.label_token_ids)
     prompts = [e.ids for e in encoder.encode(osha["Final Narrative"].iloc[:6].tolist())]
     return bundle, encoder, engine, prompts

@@ -40,7 +40,7 @@ def setup(tmp_path_factory, osha):
     path = build_tiny_bundle(tmp_path_factory.mktemp("vllm") / "bundle", texts, hidden=256, layers=2)
     _soften_head(path, 0.25)
     bundle = load_bundle(path)
-    encoder = PromptEncoder(bundle, max_prompt_tokens=500)
+    encoder = PromptEncoder.from_bundle(bundle, max_prompt_tokens=500)
     prompts = [e.ids for e in encoder.encode(osha["Final Narrative"].iloc[300:300 + N_REPORTS].tolist())]
     hf = HFEngine(bundle, encoder.shared_prefix_ids, encoder.label_token_ids,
                   HFEngineConfig(device="cuda", dtype="float32"))
@@ -52,7 +52,7 @@ def setup(tmp_path_factory, osha):
 @pytest.fixture(scope="module")
 def mini(osha):
     bundle = load_bundle(EMBEDDED_DEFAULT)
-    encoder = PromptEncoder(bundle, max_prompt_tokens=500)
+    encoder = PromptEncoder.from_bundle(bundle, max_prompt_tokens=500)
     prompts = [e.ids for e in encoder.encode(osha["Final Narrative"].iloc[300:300 + N_REPORTS].tolist())]
     return bundle, encoder, prompts
 

@@ -19,7 +19,13 @@ from dataclasses import asdict
 from pathlib import Path
 
 from soi_batch.bundle import new_manifest, write_manifest
-from soi_batch.named_models import ADAPTER_CONFIG, ADAPTER_WEIGHTS, MANIFEST, AdapterModel, build_adapter_model
+from soi_batch.named_models import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    MANIFEST,
+    AdapterModel,
+    build_adapter_model,
+)
 from soi_batch.pretrained import SMOLLM2_135M, default_cache_dir, sha256_file
 from soi_batch.prompt import PromptTemplate
 

@@ -242,7 +242,7 @@ def train(base: Path, out: Path, cfg: SmallTrainConfig, device: str) -> dict[str
     parts, fingerprint = load_split()
     frame = parts["train"] if cfg.train_on == "train" else pd.concat([parts["train"], parts["validation"]])
     tok = AutoTokenizer.from_pretrained(str(base), trust_remote_code=False)
-    encoder = PromptEncoder.from_tokenizer(tok, PromptTemplate(), max_prompt_tokens=MAX_PROMPT_TOKENS)
+    encoder = PromptEncoder(tok, PromptTemplate(), max_prompt_tokens=MAX_PROMPT_TOKENS, source=str(base))
     train_rows = encode_examples(encoder, frame)
     if cfg.max_rows:
         train_rows = [train_rows[i] for i in rng.permutation(len(train_rows))[:cfg.max_rows]]
