@@ -277,6 +277,8 @@ def _jsonable(obj: Any) -> Any:
         return int(obj)
     if isinstance(obj, np.bool_):
         return bool(obj)
+    if isinstance(obj, Path):
+        return str(obj)
     return obj
 
 
