@@ -6,6 +6,8 @@
   token attends to its report's prompt and its own ancestors only, so the 9 division
   digits (or a beam of deeper codes) are scored in one forward pass with no cache copies.
 * Only the eleven label rows of the LM head are applied, at the positions that are needed.
+* On a CPU, attention runs grouped-query heads straight through SDPA (``enable_gqa``) instead of
+  copying each KV head once per query head (transformers does that whenever a mask is given).
 """
 
 from __future__ import annotations
@@ -22,6 +24,33 @@ from soi_batch.engines.base import N_LABEL_TOKENS, Engine
 from soi_batch.errors import BundleError, ConfigError
 
 log = logging.getLogger(__name__)
+_CPU_ATTENTION = "soi_sdpa_gqa"
+"""attn_implementation of the engine on CPU: :func:`_sdpa_gqa_attention`."""
+
+
+def _sdpa_gqa_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, dropout: float = 0.0,
+                        scaling: float | None = None, is_causal: bool | None = None, **kwargs: Any) -> tuple[Any, None]:
+    """transformers' SDPA attention, but with ``enable_gqa`` also when a mask is given: no
+    ``repeat_kv`` copies of K and V (same numbers; the CPU flash kernel reads the KV head of each
+    query head in place).  Not used on GPUs, where a masked GQA call would leave the fast kernels."""
+    import torch
+
+    causal = bool(query.shape[2] > 1 and attention_mask is None and
+                  (is_causal if is_causal is not None else getattr(module, "is_causal", True)))
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=scaling, is_causal=causal,
+        enable_gqa=query.shape[1] != key.shape[1],
+    )
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _register_cpu_attention() -> str:
+    from transformers import AttentionInterface, AttentionMaskInterface
+    from transformers.masking_utils import sdpa_mask
+
+    AttentionInterface.register(_CPU_ATTENTION, _sdpa_gqa_attention)
+    AttentionMaskInterface.register(_CPU_ATTENTION, sdpa_mask)
+    return _CPU_ATTENTION
 
 
 @dataclass(frozen=True)
@@ -32,17 +61,25 @@ class HFEngineConfig:
     """"auto": bfloat16 on GPU, float32 on CPU."""
     num_threads: int | None = None
     """torch intra-op threads on CPU (None: torch's default)."""
-    quantization: Literal["fp8"] | None = None
+    quantization: Literal["fp8", "int8"] | None = None
     """"fp8": linear layers of the decoder blocks in FP8 with rowwise scales (dynamic W8A8,
-    ``soi_batch.engines.fp8``); for GPUs with FP8 tensor cores (compute capability ≥ 8.9)."""
+    ``soi_batch.engines.fp8``); for GPUs with FP8 tensor cores (compute capability ≥ 8.9).
+    "int8": the same layers in int8 with rowwise scales (dynamic W8A8, ``soi_batch.engines.int8``);
+    CPU only (int8 × int8 → int32 products, AVX512-VNNI / AMX).  Both change the scores a
+    little: opt-in (agreement with fp32 for soi-small: bench/RESULTS.md, "soi-small on CPU")."""
     compile: bool = False
     """``torch.compile`` the decoder (dynamic shapes): fuses the norms, rotary and MLP
     element-wise work; the first batches pay the compile time (about 1-2 minutes), so use it
     for large jobs."""
 
     def __post_init__(self) -> None:
-        if self.quantization not in (None, "fp8"):
-            raise ConfigError(f"quantization must be None or 'fp8', got {self.quantization!r}")
+        if self.quantization not in (None, "fp8", "int8"):
+            raise ConfigError(f"quantization must be None or 'fp8' (GPU) or 'int8' (CPU), got {self.quantization!r}")
+        if self.quantization == "int8" and self.device not in ("auto", "cpu"):
+            raise ConfigError(f"quantization='int8' runs on the CPU only, device is {self.device!r}: "
+                              "on a GPU use quantization='fp8' (or none), or set device='cpu'")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ConfigError(f"num_threads must be ≥ 1 or None, got {self.num_threads}")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ConfigError(f"dtype must be auto, float32, bfloat16 or float16; got {self.dtype!r}")
 
@@ -77,6 +114,10 @@ class HFEngine(Engine):
             device = config.device
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError(f"device {config.device!r} asked for but torch sees no CUDA GPU; use device='cpu'")
+        if config.quantization == "int8" and device != "cpu":
+            raise ConfigError(f"quantization='int8' runs on the CPU only, and the engine resolved device "
+                              f"{config.device!r} to {device!r}: use quantization='fp8' on a GPU (or none), "
+                              "or set device='cpu'")
         dtype_name = config.dtype if config.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
         if config.num_threads and device == "cpu":
             torch.set_num_threads(config.num_threads)
@@ -90,7 +131,7 @@ class HFEngine(Engine):
                 dtype=self.dtype,
                 use_safetensors=True,
                 trust_remote_code=False,
-                attn_implementation="sdpa",
+                attn_implementation=_register_cpu_attention() if device == "cpu" else "sdpa",
             ).to(self.device).eval()
         except (OSError, ValueError) as exc:
             raise BundleError(f"{bundle.path}: cannot load the model weights: {exc}") from exc
@@ -102,6 +143,11 @@ class HFEngine(Engine):
 
             n_fp8 = quantize_decoder_fp8(self.model.base_model.layers)
             log.info("HF engine: %d linear layers in FP8 (rowwise dynamic scales)", n_fp8)
+        elif config.quantization == "int8":
+            from soi_batch.engines.int8 import quantize_decoder_int8
+
+            n_int8 = quantize_decoder_int8(self.model.base_model.layers)
+            log.info("HF engine: %d linear layers in int8 (rowwise dynamic scales)", n_int8)
         self.label_token_ids = tuple(int(t) for t in label_token_ids)
         head = self.model.get_output_embeddings().weight
         self._label_head = head[list(self.label_token_ids)].detach().clone()
@@ -116,7 +162,7 @@ class HFEngine(Engine):
         if config.compile:
             self._decoder = torch.compile(self._decoder, dynamic=True)
         log.info("HF engine: %s on %s (%s%s%s), shared prefix %d tokens", type(self.model).__name__, self.device,
-                 dtype_name, ", fp8" if config.quantization else "", ", torch.compile" if config.compile else "",
+                 dtype_name, f", {config.quantization}" if config.quantization else "", ", torch.compile" if config.compile else "",
                  len(self._prefix_ids))
 
     @property

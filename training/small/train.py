@@ -31,6 +31,7 @@ import pandas as pd
 from soi_batch.encoding import PromptEncoder
 from soi_batch.prompt import PromptTemplate
 from training.axolotl_args import SMOLLM2_135M_LORA, AxolotlRecipe
+from training.mini.data import pad
 from training.split import LABEL_COL, TEXT_COL, load_split
 
 log = logging.getLogger(__name__)
@@ -120,18 +121,6 @@ def batch_order(lengths: np.ndarray, batch: int, buckets: int, rng: np.random.Ge
     return [out[i] for i in rng.permutation(len(out))]
 
 
-def _pad(seqs: list[list[int]], pad_id: int) -> tuple[Any, Any]:
-    import torch
-
-    n = max(len(s) for s in seqs)
-    ids = np.full((len(seqs), n), pad_id, dtype=np.int64)
-    mask = np.zeros((len(seqs), n), dtype=np.int64)
-    for i, s in enumerate(seqs):
-        ids[i, :len(s)] = s
-        mask[i, :len(s)] = 1
-    return torch.from_numpy(ids), torch.from_numpy(mask)
-
-
 def _targets(rows: list[Example], start_of: str, end_of: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(row, position, target id) of every token in ``[start, end)``: predicted from position − 1."""
     r, p, t = [], [], []
@@ -147,7 +136,7 @@ def batch_loss(model: Any, rows: list[Example], cfg: SmallTrainConfig, pad_id: i
     import torch
     import torch.nn.functional as F
 
-    ids, mask = _pad([e.ids for e in rows], pad_id)
+    ids, mask = pad([e.ids for e in rows], pad_id)
     ids, mask = ids.to(device, non_blocking=True), mask.to(device, non_blocking=True)
     decoder, head = model.model, model.lm_head
     with torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16,
@@ -182,7 +171,7 @@ def validation_metrics(model: Any, encoder: PromptEncoder, examples: list[Exampl
     def digit_logp(seqs: list[list[int]]) -> np.ndarray:
         out = []
         for i in range(0, len(seqs), batch_size):
-            ids, mask = _pad(seqs[i:i + batch_size], pad_id)
+            ids, mask = pad(seqs[i:i + batch_size], pad_id)
             ids, mask = ids.to(device), mask.to(device)
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
                 h = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
