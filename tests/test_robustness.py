@@ -218,7 +218,7 @@ def test_model_path_that_is_not_a_bundle(tmp_path, capsys, no_model_no_ray, monk
     rc, msg = _cli([str(src), str(tmp_path / "out"), "--model", model], capsys)
     assert rc == 2
     assert ("this is not a soi-batch bundle" in msg or "cannot fetch model" in msg
-            or "not a directory and not a hub id" in msg), msg
+            or "is not a named model (soi-mini, soi-small), a directory, or a hub id" in msg), msg
 
 
 # --- 2. per-row robustness -----------------------------------------------------------------------

@@ -73,7 +73,7 @@ def test_bundle_round_trip_and_validation(tiny_bundle, tmp_path):
     (copy / MANIFEST).unlink()
     with pytest.raises(BundleError, match="not a soi-batch bundle"):
         load_bundle(copy)
-    with pytest.raises(BundleError, match="not a directory and not a hub id"):
+    with pytest.raises(BundleError, match="not a named model .* a directory, or a hub id"):
         load_bundle(tmp_path / "missing" / "dir" / "x")
 
 
