@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from soi_batch.engines.quantize import replace_linears
+
 FP8_MAX = 448.0
 """Largest finite float8_e4m3fn value."""
 
@@ -39,11 +41,4 @@ class Float8RowwiseLinear(torch.nn.Module):
 
 def quantize_decoder_fp8(decoder_layers: torch.nn.ModuleList) -> int:
     """Replace every ``nn.Linear`` in ``decoder_layers`` in place; returns how many."""
-    count = 0
-    for layer in decoder_layers:
-        for parent in list(layer.modules()):
-            for name, child in list(parent.named_children()):
-                if isinstance(child, torch.nn.Linear):
-                    setattr(parent, name, Float8RowwiseLinear(child))
-                    count += 1
-    return count
+    return replace_linears(decoder_layers, Float8RowwiseLinear)

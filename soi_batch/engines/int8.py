@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import torch
 
+from soi_batch.engines.quantize import replace_linears
+
 INT8_MAX = 127.0
 
 
@@ -54,11 +56,4 @@ class Int8DynamicLinear(torch.nn.Module):
 
 def quantize_decoder_int8(decoder_layers: torch.nn.ModuleList) -> int:
     """Replace every ``nn.Linear`` in ``decoder_layers`` in place; returns how many."""
-    count = 0
-    for layer in decoder_layers:
-        for parent in list(layer.modules()):
-            for name, child in list(parent.named_children()):
-                if isinstance(child, torch.nn.Linear):
-                    setattr(parent, name, Int8DynamicLinear(child))
-                    count += 1
-    return count
+    return replace_linears(decoder_layers, Int8DynamicLinear)
