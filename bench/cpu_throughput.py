@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from soi_batch.classifier import Classifier, ClassifierConfig
-from training.split import load_split
+from soi_batch.datasets.osha import load_split
 
 
 def bench_stage(model: str | None, texts: list[str], batch_size: int, beam: int,
@@ -199,7 +199,7 @@ def bench_variants(args: argparse.Namespace, texts: list[str], truth: list[str],
     summary: dict[str, Any] = {
         "variants": [], "reference": ref_name, "reference_predictions": args.reference_predictions,
         "model": args.model or "embedded soi-mini",
-        "data": f"first {len(texts)} narratives of the test split (training/split.py)",
+        "data": f"first {len(texts)} narratives of the test split (soi_batch/datasets/osha.py)",
         "machine": {"cpus": os.cpu_count(), "cpu": cpu_model_name(), "platform": platform.platform(),
                     "python": platform.python_version(), "torch": torch.__version__,
                     "transformers": transformers.__version__},

@@ -81,7 +81,7 @@ def run_variant(variant: str, chunks: int, ids_order: str, work: str, out_json: 
     """In its own process: commit ``chunks`` chunks and write the per-commit figures to ``out_json``."""
     from deltalake import DeltaTable, write_deltalake
 
-    from training.split import read_osha_sir
+    from soi_batch.datasets.osha import read_osha_sir
 
     texts = pa.array(read_osha_sir()["Final Narrative"].tolist(), type=pa.string())
     rng = np.random.default_rng(0)

@@ -2,7 +2,7 @@
 
 Prompts are the real alpaca prompts of the bundled OSHA SIR narratives, tokenised with the
 Mistral-7B v0.1 sentencepiece tokenizer (``bench/osha_mistral_v1_prompts.npz``, built from
-``training.split.read_osha_sir()``; resampled with replacement to ``--n`` reports).  The model
+``soi_batch.datasets.osha.read_osha_sir()``; resampled with replacement to ``--n`` reports).  The model
 has the Mistral-7B shape with random weights (vLLM ``load_format="dummy"``; transformers
 random init in bf16), so the numbers are speed, not accuracy.
 

@@ -1,7 +1,7 @@
 """Memory and throughput of the nightly job at scale (CPU path, streaming, chunked MERGE).
 
 Writes a synthetic Delta input of N rows — narratives resampled from the bundled OSHA SIR
-(``training.split.read_osha_sir``), ids ``syn-00000000``.. in input order — in batches and
+(``soi_batch.datasets.osha.read_osha_sir``), ids ``syn-00000000``.. in input order — in batches and
 Parquet row groups of 50,000 rows, in a separate process (so the driver's memory is the job's alone), then runs
 :func:`run_nightly` on it with a local Ray while a thread samples the memory of the driver and
 every process it started (raylet, GCS, Ray Data workers, the classifier actor).  The driver's
@@ -116,7 +116,7 @@ class MemorySampler(threading.Thread):
 def write_input(path: Path, rows: int, *, batch_rows: int = 50_000, seed: int = 0) -> None:
     from deltalake import WriterProperties, write_deltalake
 
-    from training.split import read_osha_sir
+    from soi_batch.datasets.osha import read_osha_sir
 
     osha = read_osha_sir()
     texts = pa.array(osha["Final Narrative"].tolist(), type=pa.string())
@@ -211,8 +211,8 @@ def main() -> int:
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from soi_batch.datasets.osha import read_osha_sir
     from tests.tiny import build_tiny_bundle
-    from training.split import read_osha_sir
 
     args.work.mkdir(parents=True, exist_ok=True)
     bundle = args.work / "tiny_bundle"

@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from soi_batch.bundle import EMBEDDED_DEFAULT
 from soi_batch.classifier import Classifier, ClassifierConfig
-from training.split import load_split
+from soi_batch.datasets.osha import load_split
 
 TEXT = "Final Narrative"
 

@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from soi_batch.bundle import is_hub_id, load_bundle
 from soi_batch.errors import ConfigError, InputSchemaError
-from soi_batch.io import OUTPUT_FORMATS, is_text_type
+from soi_batch.tables import OUTPUT_FORMATS, is_text_type
 
 
 def model_for_workers(model: str | Path | None, cache_dir: Path | None = None) -> str:

@@ -11,8 +11,8 @@ os.environ.setdefault("AXOLOTL_DO_NOT_TRACK", "1")
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from soi_batch.datasets.osha import read_osha_sir
 from tests.tiny import build_tiny_bundle
-from training.split import read_osha_sir
 
 
 @pytest.fixture(scope="session")

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from soi_batch.datasets.osha import OSHA_SIR, load_split
 from training.axolotl_args import TINY_LORA_CPU
 from training.prepare_data import prepare
-from training.split import OSHA_SIR, load_split
 from training.tiny_base import build_base
 
 REPO = Path(__file__).parents[1]
@@ -41,7 +41,7 @@ def test_axolotl_qlora_chain_to_bundle_and_classify(tmp_path: Path) -> None:
 
     from soi_batch.bundle import load_bundle
     from soi_batch.classifier import Classifier, ClassifierConfig
-    from training.merge import PackageConfig, package
+    from soi_batch.packaging import PackageConfig, package
 
     parts, fingerprint = load_split()
     data = tmp_path / "prepared"

@@ -104,7 +104,7 @@ def test_calibrate_bundle_on_real_osha_validation_rows(tiny_bundle: Path, osha: 
     lower its ECE, and write the block into soi_model.json."""
     from soi_batch.bundle import load_bundle
     from soi_batch.calibration import calibrate_bundle
-    from training.split import split_osha
+    from soi_batch.datasets.osha import split_osha
 
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)
@@ -131,7 +131,7 @@ def test_root_step_confidence_matches_the_embedded_soi_mini(osha: pd.DataFrame) 
     with the shipped soi-mini they must equal what the classifier reports, at T=1 and T=2."""
     from soi_batch.bundle import EMBEDDED_DEFAULT
     from soi_batch.classifier import Classifier, ClassifierConfig
-    from training.split import split_osha
+    from soi_batch.datasets.osha import split_osha
 
     if not (EMBEDDED_DEFAULT / "model.safetensors").is_file():
         pytest.fail(f"embedded soi-mini missing at {EMBEDDED_DEFAULT}")

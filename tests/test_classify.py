@@ -12,8 +12,8 @@ from deltalake import DeltaTable, write_deltalake
 from soi_batch.classifier import Classifier, ClassifierConfig
 from soi_batch.cli import main
 from soi_batch.errors import InputReadError, InputSchemaError
-from soi_batch.io import inspect_input, read_table, sniff_encoding
 from soi_batch.schema import PROBABILITIES_SCHEMA, RESULT_SCHEMA
+from soi_batch.tables import inspect_input, read_table, sniff_encoding
 from soi_batch.taxonomy import load_taxonomy
 
 SAMPLE = Path(__file__).parents[1] / "soi_batch" / "data" / "osha_sir_sample.csv"

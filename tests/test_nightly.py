@@ -24,11 +24,11 @@ from deltalake import DeltaTable, write_deltalake
 
 from soi_batch.bundle import load_bundle, write_manifest
 from soi_batch.errors import ConfigError
-from soi_batch.io import inspect_input
 from soi_batch.nightly import NightlyConfig, run_nightly
 from soi_batch.nightly.manifest import RunManifest, total_variation
 from soi_batch.nightly.select import TEXT_SHA_COL, InputSource, RowBits, open_state, select_rows
 from soi_batch.nightly.sink import NEW_ID_COL, ConcurrentWriteError, DeltaSink
+from soi_batch.tables import inspect_input
 
 REPO = Path(__file__).resolve().parents[1]
 COLS = ["row_key", "ID", "EventDate", "Final Narrative", "Source"]

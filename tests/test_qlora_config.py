@@ -9,12 +9,12 @@ import pandas as pd
 import pytest
 import yaml
 
+from soi_batch.datasets.osha import load_split
 from soi_batch.errors import InputSchemaError
 from soi_batch.prompt import PromptTemplate, normalize_narrative
 from training.axolotl_args import CONFIG_DIR, MISTRAL_7B_QLORA, TINY_LORA_CPU
 from training.axolotl_args import main as axolotl_args_main
 from training.prepare_data import PrepareConfig, prepare
-from training.split import load_split
 
 SEED_SETTINGS = {
     "base_model": "mistralai/Mistral-7B-v0.1",

@@ -16,8 +16,8 @@ import pytest
 from soi_batch.bundle import EMBEDDED_DEFAULT
 from soi_batch.classifier import Classifier, ClassifierConfig
 from soi_batch.cli import main
-from soi_batch.io import inspect_input
 from soi_batch.schema import RESULT_SCHEMA
+from soi_batch.tables import inspect_input
 from soi_batch.taxonomy import load_taxonomy
 
 LABELS = set(load_taxonomy().labels)
@@ -34,14 +34,14 @@ def no_model_no_ray(monkeypatch):
     """Fail loudly if anything loads model weights, a tokenizer or starts Ray."""
     import transformers
 
-    import soi_batch.ray
+    import soi_batch.ray_data
 
     def refuse(*args, **kwargs):
         raise ModelLoaded("model weights / tokenizer / Ray were touched before input validation finished")
 
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", refuse)
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", refuse)
-    monkeypatch.setattr(soi_batch.ray, "init_ray", refuse)
+    monkeypatch.setattr(soi_batch.ray_data, "init_ray", refuse)
 
 
 def _cli(args: list[str], capsys) -> tuple[int, str]:

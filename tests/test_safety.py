@@ -2,7 +2,7 @@
 any size and line ending, broken quotes anywhere in a file, outputs that overlap the input,
 relative paths, non-destructive --overwrite, checks before any row is classified.
 
-Real OSHA rows (training/data/severeinjury_2015-2016.csv.xz) written to tmp_path; real Delta
+Real OSHA rows (soi_batch/datasets/data/severeinjury_2015-2016.csv.xz) written to tmp_path; real Delta
 tables (deltalake); real local Ray where a test says so.  Each case is listed in tests/README.md.
 """
 
@@ -17,12 +17,12 @@ import pyarrow.csv as pacsv
 import pytest
 
 from soi_batch.cli import main
+from soi_batch.datasets.osha import OSHA_SIR
 from soi_batch.errors import InputReadError
-from soi_batch.io import inspect_input, read_table
 from soi_batch.nightly import NightlyConfig, run_nightly
 from soi_batch.nightly.select import InputSource
+from soi_batch.tables import inspect_input, read_table
 from tests.test_robustness import no_model_no_ray  # noqa: F401  (fixture)
-from training.split import OSHA_SIR
 
 TEXT = "Final Narrative"
 
@@ -164,7 +164,7 @@ def _ds_cases(tmp_path: Path):
 
 def test_classify_dataset_refuses_bad_model_or_text_column_up_front(tmp_path, ray_local):
     from soi_batch.errors import BundleError, InputSchemaError
-    from soi_batch.ray import classify_dataset
+    from soi_batch.ray_data import classify_dataset
 
     for name, ds in _ds_cases(tmp_path).items():
         with pytest.raises(BundleError, match="no_such_model"):
@@ -232,7 +232,7 @@ def test_unknown_output_format_fails_before_the_dataset_runs(tmp_path, ray_local
 
     from soi_batch.checks import check_output
     from soi_batch.errors import ConfigError
-    from soi_batch.ray import write_results
+    from soi_batch.ray_data import write_results
 
     with pytest.raises(ConfigError, match=r"output format 'csv' is not one of \['parquet', 'delta'\]"):
         check_output(tmp_path / "out", fmt="csv", overwrite=False)
@@ -326,15 +326,15 @@ def test_overwrite_refuses_a_folder_that_is_not_an_earlier_output(tmp_path, caps
 
 def _fail_while_writing(monkeypatch) -> None:
     """Everything up to the write runs for real; the write itself fails (no model, no Ray)."""
-    import soi_batch.ray
+    import soi_batch.ray_data
 
     def crash(*args, **kwargs):
         raise RuntimeError("disk full while writing")
 
-    monkeypatch.setattr(soi_batch.ray, "init_ray", lambda *a, **k: None)
-    monkeypatch.setattr(soi_batch.ray, "read_reports", lambda spec, **k: "dataset")
-    monkeypatch.setattr(soi_batch.ray, "classify_dataset", lambda ds, **k: ds)
-    monkeypatch.setattr(soi_batch.ray, "write_results", crash)
+    monkeypatch.setattr(soi_batch.ray_data, "init_ray", lambda *a, **k: None)
+    monkeypatch.setattr(soi_batch.ray_data, "read_reports", lambda spec, **k: "dataset")
+    monkeypatch.setattr(soi_batch.ray_data, "classify_dataset", lambda ds, **k: ds)
+    monkeypatch.setattr(soi_batch.ray_data, "write_results", crash)
 
 
 @pytest.mark.usefixtures("no_model_no_ray")

@@ -17,13 +17,13 @@ import torch
 from soi_batch import named_models
 from soi_batch.bundle import load_bundle, resolve_model
 from soi_batch.classifier import Classifier, ClassifierConfig
+from soi_batch.datasets.osha import load_split
 from soi_batch.encoding import PromptEncoder
 from soi_batch.errors import BundleError
 from soi_batch.named_models import AdapterModel, build_adapter_model, merge_lora
 from soi_batch.pretrained import SMOLLM2_135M, PretrainedBase, find_gguf, sha256_file
 from soi_batch.prompt import PromptTemplate
 from training.small.train import SmallTrainConfig, batch_order, encode_examples, train, with_overrides
-from training.split import load_split
 
 SMALL_ROWS = {"max_rows": 48, "max_validation_rows": 12, "length_buckets": 2}
 

@@ -8,12 +8,12 @@ import pytest
 from transformers import AutoTokenizer, MistralForCausalLM
 
 from soi_batch.bundle import load_bundle
+from soi_batch.datasets.osha import LABEL_COL, TEXT_COL, load_split
 from soi_batch.prompt import PromptTemplate
 from soi_batch.taxonomy import load_taxonomy
 from training.mini.config import TINY
 from training.mini.data import cls_examples
 from training.mini.tokenizer import check_label_contract, digit_ids, train_tokenizer
-from training.split import LABEL_COL, TEXT_COL, load_split
 
 
 @pytest.fixture(scope="module")

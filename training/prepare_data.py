@@ -7,7 +7,7 @@ Axolotl's ``alpaca`` type renders ``system + turn.format(instruction, input)`` (
 ``PromptTemplate().render(narrative)``) and appends the tokenizer's EOS after the output, so the
 model learns ``### Response:\\n8621</s>`` — the path the inference scorer walks.
 
-The split is the project's one time-based split (:mod:`training.split`), de-duplicated across
+The split is the project's one time-based split (:mod:`soi_batch.datasets.osha`), de-duplicated across
 parts, so a model trained here is tested on the same rows as soi-mini and the baselines.
 
     python -m training.prepare_data [INPUT] --out DIR [--text-col ...] [--label-col ...]
@@ -24,10 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from soi_batch.errors import InputReadError, InputSchemaError
-from soi_batch.prompt import PromptTemplate, normalize_narrative
-from soi_batch.taxonomy import load_taxonomy
-from training.split import (
+from soi_batch.datasets.osha import (
     DATE_COL,
     LABEL_COL,
     OSHA_SIR,
@@ -37,6 +34,9 @@ from training.split import (
     read_osha_sir,
     split_by_time,
 )
+from soi_batch.errors import InputReadError, InputSchemaError
+from soi_batch.prompt import PromptTemplate, normalize_narrative
+from soi_batch.taxonomy import load_taxonomy
 
 log = logging.getLogger(__name__)
 PARTS = ("train", "validation", "test")

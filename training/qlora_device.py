@@ -116,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from transformers import AutoTokenizer
 
+    from soi_batch.datasets.osha import load_split
     from training.prepare_data import prepare
-    from training.split import load_split
     from training.tiny_base import SHAPES, build_base
 
     ap = argparse.ArgumentParser()
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         del trainer, model
         torch.cuda.empty_cache()
         from soi_batch.classifier import Classifier, ClassifierConfig
-        from training.merge import PackageConfig, package
+        from soi_batch.packaging import PackageConfig, package
 
         t0 = time.perf_counter()
         bundle = package(base, adapter, work / f"bundle-{args.shape}",

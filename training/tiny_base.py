@@ -113,7 +113,7 @@ def build_base(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from training.split import load_split
+    from soi_batch.datasets.osha import load_split
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out")

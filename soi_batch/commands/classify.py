@@ -18,8 +18,8 @@ from soi_batch.checks import check_output
 from soi_batch.classifier import ClassifierConfig
 from soi_batch.commands.options import add_model_options
 from soi_batch.errors import ConfigError
-from soi_batch.io import INPUT_FORMATS, OUTPUT_FORMATS, InputSpec, inspect_input, read_table, write_table
 from soi_batch.schema import PROBABILITIES_SCHEMA, RESULT_SCHEMA
+from soi_batch.tables import INPUT_FORMATS, OUTPUT_FORMATS, InputSpec, inspect_input, read_table, write_table
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from soi_batch.ray import RayOptions, classify_dataset, init_ray, read_reports, write_results
+    from soi_batch.ray_data import RayOptions, classify_dataset, init_ray, read_reports, write_results
 
     spec = inspect_input(args.input, fmt=args.input_format, encoding=args.encoding)
     spec.require_text(args.text_col, role="text column")

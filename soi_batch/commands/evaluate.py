@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from soi_batch.commands.options import add_model_options
-from soi_batch.io import INPUT_FORMATS
+from soi_batch.tables import INPUT_FORMATS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -38,8 +38,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from soi_batch.baseline import BaselineConfig
-    from soi_batch.evaluate import EvaluationConfig, evaluate
+    from soi_batch.evaluation.baseline import BaselineConfig
+    from soi_batch.evaluation.runner import EvaluationConfig, evaluate
     from soi_batch.metrics import lookup
 
     level = args.baseline_division or ("best" if args.baseline_train == "train" else "derived")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from soi_batch.trends import (
+from soi_batch.trends.analysis import (
     DEFAULT_NAICS_COL,
     LEVELS,
     PERIODS,
@@ -20,7 +20,7 @@ from soi_batch.trends import (
     read_classified,
     trend_tests,
 )
-from soi_batch.trends_report import write_trend_report
+from soi_batch.trends.report import write_trend_report
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from soi_batch.classifier import ClassifierConfig
 from soi_batch.errors import ConfigError
-from soi_batch.ray import RayOptions
+from soi_batch.ray_data import RayOptions
 
 
 class NightlyConfig(BaseModel):
@@ -57,7 +57,7 @@ class NightlyConfig(BaseModel):
     classifier: dict[str, Any] = Field(default_factory=dict)
     """:class:`~soi_batch.classifier.ClassifierConfig` fields, e.g. {engine: hf, batch_size: 64}."""
     ray: dict[str, Any] = Field(default_factory=dict)
-    """:class:`~soi_batch.ray.RayOptions` fields, e.g. {num_actors: 2, batch_size: 256}."""
+    """:class:`~soi_batch.ray_data.RayOptions` fields, e.g. {num_actors: 2, batch_size: 256}."""
 
     @field_validator("id_col", "text_col")
     @classmethod

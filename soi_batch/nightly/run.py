@@ -28,12 +28,12 @@ import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
 from soi_batch.bundle import load_bundle
-from soi_batch.io import absolute_uri, inspect_input
 from soi_batch.nightly.config import NightlyConfig
 from soi_batch.nightly.manifest import Counts, RunManifest, distribution, previous_manifest, total_variation
 from soi_batch.nightly.select import TEXT_SHA_COL, InputSource, open_state, select_rows, stage_rows
 from soi_batch.nightly.sink import DeltaSink
 from soi_batch.schema import PROBABILITIES_SCHEMA, RESULT_SCHEMA
+from soi_batch.tables import absolute_uri, inspect_input
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ def _classify_and_commit(config: NightlyConfig, manifest: RunManifest, sink: Del
                         classifier_config, ray_options, staging: Path, divisions: Counter[str]) -> None:
     import ray.data
 
-    from soi_batch.ray import classify_dataset, init_ray
+    from soi_batch.ray_data import classify_dataset, init_ray
 
     init_ray(config.ray_address, num_cpus=config.ray_num_cpus, object_store_memory=config.ray_object_store_memory)
     ray.data.DataContext.get_current().enable_progress_bars = config.ray_progress_bars

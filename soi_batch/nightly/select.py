@@ -33,8 +33,8 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from soi_batch.errors import InputReadError, InputSchemaError
-from soi_batch.io import InputSpec, csv_options
 from soi_batch.nightly.sink import NEW_ID_COL
+from soi_batch.tables import InputSpec, csv_options
 
 log = logging.getLogger(__name__)
 TEXT_SHA_COL = "text_sha256"

@@ -18,10 +18,10 @@ import pandas as pd
 import torch
 from transformers import PreTrainedTokenizerFast
 
+from soi_batch.datasets.osha import LABEL_COL, TEXT_COL
 from soi_batch.prompt import PromptTemplate, normalize_narrative
 from soi_batch.taxonomy import load_taxonomy
 from training.mini.tokenizer import digit_ids
-from training.split import LABEL_COL, TEXT_COL
 
 log = logging.getLogger(__name__)
 

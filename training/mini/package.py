@@ -67,7 +67,7 @@ injury* codes for workplace accident narratives; soi-batch's embedded CPU defaul
 (load as float32).
 
 ## Data and split
-OSHA Severe Injury Reports 2015-2016 bundled with soi-batch (`training/split.py`): train
+OSHA Severe Injury Reports 2015-2016 bundled with soi-batch (`soi_batch/datasets/osha.py`): train
 2015-01..2016-06, validation 2016-07..08, test 2016-09..12 (never used in training or tuning).
 {trained_on} Stage 1: language modelling on those narratives and the OIICS source titles
 ({cfg.lm_epochs} epochs). Stage 2: `PromptTemplate().render(narrative)` -> code digits + `</s>`

@@ -14,7 +14,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 
-from training.split import LABEL_COL, TEXT_COL, load_split
+from soi_batch.datasets.osha import LABEL_COL, TEXT_COL, load_split
 
 
 def main() -> dict[str, float]:

@@ -27,12 +27,12 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 from transformers import MistralConfig, MistralForCausalLM, get_cosine_schedule_with_warmup
 
+from soi_batch.datasets.osha import TEXT_COL, load_split
 from soi_batch.prompt import PromptTemplate
 from training.mini.config import TINY, TrainConfig
 from training.mini.data import ClsExample, batches, cls_examples, lm_sequences, pad, tokenizer_corpus
 from training.mini.evaluate import quick_eval
 from training.mini.tokenizer import check_label_contract, digit_ids, train_tokenizer
-from training.split import TEXT_COL, load_split
 
 log = logging.getLogger(__name__)
 

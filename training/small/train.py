@@ -28,11 +28,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from soi_batch.datasets.osha import LABEL_COL, TEXT_COL, load_split
 from soi_batch.encoding import PromptEncoder
 from soi_batch.prompt import PromptTemplate
 from training.axolotl_args import SMOLLM2_135M_LORA, AxolotlRecipe
 from training.mini.data import pad
-from training.split import LABEL_COL, TEXT_COL, load_split
 
 log = logging.getLogger(__name__)
 MAX_PROMPT_TOKENS = 512

@@ -10,7 +10,7 @@ Writes into the report directory::
     report.md               the numbers side by side, the split, n, the gaps to the targets
 
 ``DATA`` is a CSV/Parquet/Delta path, or the literal ``osha-sir`` for the bundled OSHA split
-(``training/split.py``), of which ``split`` picks the part.
+(``soi_batch/datasets/osha.py``), of which ``split`` picks the part.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -29,8 +28,9 @@ from typing import Any, Literal
 import numpy as np
 from sklearn.metrics import classification_report, confusion_matrix
 
-from soi_batch.baseline import BaselineConfig, fit_osha_baseline
+from soi_batch.datasets.osha import load_split
 from soi_batch.errors import ConfigError, InputSchemaError
+from soi_batch.evaluation.baseline import BaselineConfig, fit_osha_baseline
 from soi_batch.metrics import (
     COVERAGES,
     TARGETS,
@@ -92,20 +92,7 @@ class EvalData:
 
 # --------------------------------------------------------------------------- data
 def load_osha_split() -> tuple[dict[str, Any], str]:
-    """The bundled time-based OSHA split (``training.split.load_split``) and its fingerprint."""
-    try:
-        from training.split import load_split
-    except ModuleNotFoundError:
-        # ``training`` sits beside the package in a source checkout but is not installed; an
-        # editable install finds it there.
-        root = Path(__file__).resolve().parents[1]
-        if not (root / "training" / "split.py").is_file():
-            raise ConfigError(
-                "the bundled OSHA split (training/split.py) is not available in this installation; "
-                "run from a soi-batch source checkout or pass a labelled CSV/Parquet/Delta file as DATA"
-            ) from None
-        sys.path.insert(0, str(root))
-        from training.split import load_split
+    """The bundled time-based OSHA split (:func:`soi_batch.datasets.osha.load_split`) and its fingerprint."""
     return load_split()
 
 
@@ -130,7 +117,7 @@ def load_eval_data(config: EvaluationConfig) -> EvalData:
         details.update(split=config.split, split_fingerprint=fingerprint)
         description = f"bundled OSHA SIR 2015-2016, {config.split} part"
     else:
-        from soi_batch.io import inspect_input, read_table
+        from soi_batch.tables import inspect_input, read_table
 
         spec = inspect_input(config.data, fmt=config.input_format, encoding=config.encoding)
         spec.require(config.text_col, role="text column")

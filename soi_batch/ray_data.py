@@ -20,7 +20,7 @@ import pyarrow as pa
 from soi_batch.checks import model_for_workers, require_dataset_text
 from soi_batch.classifier import Classifier, ClassifierConfig
 from soi_batch.errors import ConfigError
-from soi_batch.io import OUTPUT_FORMATS, InputSpec, OutputFormat, absolute_uri, csv_options
+from soi_batch.tables import OUTPUT_FORMATS, InputSpec, OutputFormat, absolute_uri, csv_options
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def classify_dataset(ds: Any, *, text_col: str, model: str | Path | None = None,
 
 
 def read_reports(spec: InputSpec, *, override_num_blocks: int | None = None) -> Any:
-    """A ``ray.data.Dataset`` over a validated input (see :func:`soi_batch.io.inspect_input`)."""
+    """A ``ray.data.Dataset`` over a validated input (see :func:`soi_batch.tables.inspect_input`)."""
     import ray.data
 
     path = absolute_uri(spec.path)

@@ -236,7 +236,7 @@ def fit_osha_baseline(config: BaselineConfig = BaselineConfig()) -> tuple[TfidfB
 
     Returns the fitted baseline and a provenance record (rows, train size, split fingerprint, seconds).
     """
-    from soi_batch.evaluate import load_osha_split
+    from soi_batch.evaluation.runner import load_osha_split
 
     parts, fingerprint = load_osha_split()
     train, validation = osha_baseline_rows(config, parts), parts["validation"]
