@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from soi_batch.datasets.osha import load_split
+from soi_batch.datasets.osha import OSHA_SIR, load_split
 from soi_batch.errors import InputSchemaError
 from soi_batch.prompt import PromptTemplate, normalize_narrative
 from training.axolotl_args import CONFIG_DIR, MISTRAL_7B_QLORA, TINY_LORA_CPU
@@ -51,7 +51,7 @@ SEED_SETTINGS = {
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("prepared")
-    prepare(Path(__file__).parents[1] / "training" / "data" / "severeinjury_2015-2016.csv.xz", out)
+    prepare(OSHA_SIR, out)
     return out
 
 

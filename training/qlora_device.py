@@ -20,6 +20,7 @@ import random
 import time
 from pathlib import Path
 
+from soi_batch.datasets.osha import OSHA_SIR
 from soi_batch.prompt import PromptTemplate
 from training.axolotl_args import MISTRAL_7B_QLORA, AxolotlRecipe
 
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     recipe = MISTRAL_7B_QLORA
     data = work / "prepared"
     if not (data / "train.jsonl").is_file():
-        prepare(Path(__file__).parent / "data" / "severeinjury_2015-2016.csv.xz", data)
+        prepare(OSHA_SIR, data)
     base = work / f"base-{args.shape}"
     t0 = time.perf_counter()
     if not (base / "config.json").is_file():
