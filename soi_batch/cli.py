@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 
+from soi_batch.commands.options import add_logging_options, configure_logging
 from soi_batch.errors import SoiError
 
-COMMANDS = ("classify", "evaluate", "calibrate", "trends", "package")
+COMMANDS = ("classify", "evaluate", "calibrate", "trends", "nightly", "package")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,24 +17,29 @@ def build_parser() -> argparse.ArgumentParser:
         prog="soi-batch",
         description="Code accident reports with their OIICS v2.01 source of injury.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_logging_options(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"soi_batch.commands.{name}").add_parser(sub)
+    for command in sub.choices.values():  # -v also after the subcommand's name, without resetting one before it
+        add_logging_options(command, default=argparse.SUPPRESS)
     return parser
+
+
+def run_command(args: argparse.Namespace, *, prog: str) -> int:
+    """Run a parsed command (``args.func``) with logging set up; a :class:`SoiError` becomes one line
+    ``PROG: error: …`` on stderr and exit code 2 (any other exception propagates: exit code 1)."""
+    configure_logging(args.verbose)
+    try:
+        return int(args.func(args) or 0)
+    except SoiError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    try:
-        return int(args.func(args) or 0)
-    except SoiError as exc:
-        print(f"soi-batch {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    return run_command(args, prog=f"soi-batch {args.command}")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from soi_batch.commands.options import add_input_options, add_logging_options, configure_logging
 from soi_batch.datasets.osha import (
     DATE_COL,
     LABEL_COL,
@@ -162,14 +163,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("input", nargs="?", default=str(OSHA_SIR), help="labelled reports (default: bundled OSHA SIR)")
     ap.add_argument("--out", required=True, help="output directory for the JSONL files and fingerprint.json")
-    ap.add_argument("--text-col", default=TEXT_COL)
+    add_input_options(ap, encoding=False)
     ap.add_argument("--label-col", default=LABEL_COL)
     ap.add_argument("--date-col", default=DATE_COL)
     ap.add_argument("--date-format", default="%m/%d/%Y", help="strptime format of string dates; 'infer' to guess")
-    ap.add_argument("--input-format", choices=("csv", "parquet", "delta"), default=None)
     ap.add_argument("--csv-encoding", default="utf-8")
+    add_logging_options(ap)
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(args.verbose)
     cfg = PrepareConfig(
         text_col=args.text_col, label_col=args.label_col, date_col=args.date_col,
         date_format=None if args.date_format == "infer" else args.date_format,

@@ -117,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from transformers import AutoTokenizer
 
+    from soi_batch.commands.options import add_logging_options, configure_logging
     from soi_batch.datasets.osha import load_split
     from training.prepare_data import prepare
     from training.tiny_base import SHAPES, build_base
@@ -131,8 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--classify", type=int, default=500, help="test reports classified after merging")
     ap.add_argument("--max-train-s", type=float, default=float("inf"), help="stop training after this long")
     ap.add_argument("--out", required=True, help="where the JSON results go")
+    add_logging_options(ap)
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.verbose)
     work, out = Path(args.work), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     recipe = MISTRAL_7B_QLORA

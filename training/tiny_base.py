@@ -113,6 +113,7 @@ def build_base(
 
 
 def main(argv: list[str] | None = None) -> int:
+    from soi_batch.commands.options import add_logging_options, configure_logging
     from soi_batch.datasets.osha import load_split
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -121,8 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--max-texts", type=int, default=4000, help="narratives the tokenizer is trained on")
+    add_logging_options(ap)
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(args.verbose)
     parts, _ = load_split()
     texts = parts["train"]["Final Narrative"].iloc[: args.max_texts].tolist()
     build_base(args.out, texts, args.shape, dtype=args.dtype, device=args.device)

@@ -16,10 +16,15 @@ import pyarrow.dataset as pads
 from soi_batch.bundle import load_bundle
 from soi_batch.checks import check_output
 from soi_batch.classifier import ClassifierConfig
-from soi_batch.commands.options import add_model_options
+from soi_batch.commands.options import (
+    add_engine_options,
+    add_input_options,
+    add_model_options,
+    add_ray_options,
+)
 from soi_batch.errors import ConfigError
 from soi_batch.schema import PROBABILITIES_SCHEMA, RESULT_SCHEMA
-from soi_batch.tables import INPUT_FORMATS, OUTPUT_FORMATS, InputSpec, inspect_input, read_table, write_table
+from soi_batch.tables import OUTPUT_FORMATS, InputSpec, inspect_input, read_table, write_table
 
 log = logging.getLogger(__name__)
 
@@ -30,22 +35,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("input", help="CSV file, Parquet file/directory or Delta table")
     p.add_argument("output", help="output Parquet directory or Delta table")
     add_model_options(p)
-    p.add_argument("--text-col", default="Final Narrative", help="column with the narrative (default: %(default)s)")
+    add_input_options(p)
     p.add_argument("--id-col", default=None, help="report id column (checked to exist; kept in the output)")
-    p.add_argument("--input-format", choices=INPUT_FORMATS, default=None, help="default: from the path")
     p.add_argument("--output-format", choices=OUTPUT_FORMATS, default="parquet")
-    p.add_argument("--encoding", default=None, help="CSV encoding (default: utf-8 if valid, else cp1252)")
-    p.add_argument("--ray-address", default=None, help="Ray cluster address (default: start local Ray)")
-    p.add_argument("--top-k", type=int, default=3)
-    p.add_argument("--engine", choices=("auto", "hf", "vllm"), default="auto")
-    p.add_argument("--quantization", choices=("fp8",), default=None,
-                   help="FP8 weights and activations (vllm; hf on GPUs with FP8 tensor cores)")
-    p.add_argument("--compile", action="store_true",
-                   help="hf engine: torch.compile the model (1-2 min start-up, faster on large inputs)")
-    p.add_argument("--batch-size", type=int, default=64, help="reports per engine forward pass")
-    p.add_argument("--beam", type=int, default=3, help="major groups/groups expanded per report")
-    p.add_argument("--num-actors", type=int, default=None, help="Ray actors (default: one per GPU, or 1 on CPU)")
-    p.add_argument("--cpus-per-actor", type=float, default=1.0, help="Ray CPUs reserved per actor")
+    add_engine_options(p)
+    add_ray_options(p)
     p.add_argument("--keep-probabilities", action="store_true",
                    help="also write division_probs and major_group_probs (needed by `soi-batch trends`)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing Parquet output / Delta table")

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from soi_batch.commands.options import add_model_options
-from soi_batch.tables import INPUT_FORMATS
+from soi_batch.commands.options import add_batch_size_option, add_input_options, add_model_options
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -16,16 +15,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "(metrics.json, PNG plots, report.md).")
     p.add_argument("data", help="labelled CSV/Parquet/Delta, or 'osha-sir' for the bundled time-based split")
     p.add_argument("--label-col", default="Source", help="column with the OIICS source code (default: %(default)s)")
-    p.add_argument("--text-col", default="Final Narrative", help="column with the narrative (default: %(default)s)")
     add_model_options(p)
-    p.add_argument("--input-format", choices=INPUT_FORMATS, default=None, help="default: from the path")
-    p.add_argument("--encoding", default=None, help="CSV encoding (default: utf-8 if valid, else cp1252)")
+    add_input_options(p)
     p.add_argument("--report", required=True, metavar="DIR", help="directory for metrics.json, plots, report.md")
     p.add_argument("--split", choices=("train", "validation", "test", "all"), default="test",
                    help="part of the bundled split when DATA is osha-sir (default: %(default)s)")
     p.add_argument("--limit", type=int, default=None, help="evaluate a seeded random sample of N rows")
     p.add_argument("--seed", type=int, default=0, help="seed for --limit sampling and the baseline (default: 0)")
-    p.add_argument("--batch-size", type=int, default=64, help="reports per engine forward pass")
+    add_batch_size_option(p)
     p.add_argument("--no-baseline", action="store_true", help="skip the TF-IDF baseline")
     p.add_argument("--baseline-train", choices=("train", "train+validation"), default="train",
                    help="bundled-split rows the baseline is fitted on: train (2015-01..2016-06) or "

@@ -10,7 +10,6 @@ Writes a model bundle to ``OUT/bundle`` and ``OUT/metrics.json``; prints a summa
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import logging
 import math
@@ -27,12 +26,14 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 from transformers import MistralConfig, MistralForCausalLM, get_cosine_schedule_with_warmup
 
+from soi_batch.commands.options import add_logging_options, configure_logging
 from soi_batch.datasets.osha import TEXT_COL, load_split
 from soi_batch.prompt import PromptTemplate
 from training.mini.config import TINY, TrainConfig
 from training.mini.data import ClsExample, batches, cls_examples, lm_sequences, pad, tokenizer_corpus
 from training.mini.evaluate import quick_eval
 from training.mini.tokenizer import check_label_contract, digit_ids, train_tokenizer
+from training.options import add_run_options, parse_overrides
 
 log = logging.getLogger(__name__)
 
@@ -165,17 +166,6 @@ def train_cls(
     return (ema.module if ema is not None else model), history
 
 
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items:
-        key, _, value = item.partition("=")
-        try:
-            out[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            out[key] = value
-    return out
-
-
 def run(cfg: TrainConfig, out: Path, device: str, eval_every: int = 0, command: str = "") -> dict[str, Any]:
     from training.mini.package import package_bundle
 
@@ -224,13 +214,12 @@ def run(cfg: TrainConfig, out: Path, device: str, eval_every: int = 0, command: 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_run_options(ap, device="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--config", choices=["default", "tiny"], default="default")
-    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config fields")
     ap.add_argument("--eval-every", type=int, default=0, help="validation every N classification epochs")
+    add_logging_options(ap)
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    configure_logging(args.verbose)
     base = TINY if args.config == "tiny" else TrainConfig()
     cfg = base.with_overrides(**parse_overrides(args.set))
     command = "python -m training.mini.train " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))

@@ -19,6 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from soi_batch.bundle import new_manifest, write_manifest
+from soi_batch.commands.options import add_cache_dir_option, add_logging_options, configure_logging
 from soi_batch.named_models import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
@@ -26,7 +27,7 @@ from soi_batch.named_models import (
     AdapterModel,
     build_adapter_model,
 )
-from soi_batch.pretrained import SMOLLM2_135M, default_cache_dir, sha256_file
+from soi_batch.pretrained import SMOLLM2_135M, sha256_file
 from soi_batch.prompt import PromptTemplate
 
 log = logging.getLogger(__name__)
@@ -69,11 +70,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run", required=True, help="training.small.train output directory")
     ap.add_argument("--out", default="soi_batch/models/soi-small")
     ap.add_argument("--version", default="0.1.0")
-    ap.add_argument("--cache-dir", type=Path, default=None, help="where the base and merged bundle are cached")
+    add_cache_dir_option(ap)
     ap.add_argument("--command", default="", help="the training command, recorded in the manifest")
+    add_logging_options(ap)
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    package(Path(args.run), Path(args.out), args.version, args.cache_dir or default_cache_dir(), args.command)
+    configure_logging(args.verbose)
+    package(Path(args.run), Path(args.out), args.version, args.cache_dir, args.command)
     return 0
 
 

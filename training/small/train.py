@@ -28,11 +28,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from soi_batch.commands.options import add_logging_options, configure_logging
 from soi_batch.datasets.osha import LABEL_COL, TEXT_COL, load_split
 from soi_batch.encoding import PromptEncoder
 from soi_batch.prompt import PromptTemplate
 from training.axolotl_args import SMOLLM2_135M_LORA, AxolotlRecipe
 from training.mini.data import pad
+from training.options import add_run_options, parse_overrides
 
 log = logging.getLogger(__name__)
 MAX_PROMPT_TOKENS = 512
@@ -72,12 +74,7 @@ def with_overrides(cfg: SmallTrainConfig, items: list[str]) -> SmallTrainConfig:
     recipe_keys = {f.name for f in fields(AxolotlRecipe)}
     mine: dict[str, Any] = {}
     recipe: dict[str, Any] = {}
-    for item in items:
-        key, _, raw = item.partition("=")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
+    for key, value in parse_overrides(items, parse_value=json.loads).items():
         if key in own:
             mine[key] = value
         elif key in recipe_keys:
@@ -313,11 +310,10 @@ def train(base: Path, out: Path, cfg: SmallTrainConfig, device: str) -> dict[str
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--base", required=True, help="the converted base directory (soi_batch.pretrained.prepare_base)")
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--device", default="cuda")
-    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override a config or recipe field")
+    add_run_options(ap, device="cuda")
+    add_logging_options(ap)
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.verbose)
     cfg = with_overrides(SmallTrainConfig(), args.set)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,33 @@
+"""Options the training scripts share (``python -m training.mini.train``, ``training.small.train``).
+
+The options they share with the ``soi-batch`` commands (model cache, input columns, logging) come
+from :mod:`soi_batch.commands.options`; this module holds the ones only training runs have.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def add_run_options(p: argparse.ArgumentParser, *, device: str) -> None:
+    """``--out`` (the run's directory), ``--device`` and ``--set KEY=VALUE`` config overrides."""
+    p.add_argument("--out", type=Path, required=True, help="directory the run writes")
+    p.add_argument("--device", default=device, help="torch device to train on (default: %(default)s)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="override fields of the training config, e.g. --set seed=1 lm_epochs=2")
+
+
+def parse_overrides(items: list[str], *, parse_value: Callable[[str], Any] = ast.literal_eval) -> dict[str, Any]:
+    """``--set`` items as ``{key: value}``; a value ``parse_value`` cannot read stays a string."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, _, raw = item.partition("=")
+        try:
+            out[key] = parse_value(raw)
+        except (ValueError, SyntaxError):  # json.JSONDecodeError is a ValueError
+            out[key] = raw
+    return out
