@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from soi_batch.errors import SoiError
+    from soi_batch.errors import ConcurrentWriteError, SoiError
     from soi_batch.nightly import NightlyConfig, run_nightly
 
     try:
@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
             manifest_dir=args.manifest_dir, chunk_rows=args.chunk_rows, retry_errors=args.retry_errors,
         )
         manifest = run_nightly(config)
+    except ConcurrentWriteError:
+        raise  # exit 1, like any failed run: a retry once the other writer is done is safe
     except SoiError as exc:
         print(f"nightly: error: {exc}", file=sys.stderr)
         return 2

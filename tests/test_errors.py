@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import importlib.util
 import math
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from soi_batch.ray_data import RayOptions
 from soi_batch.scorer import LabelTrie, PathSteps, ScorerConfig
 
 PACKAGE = Path(soi_batch.__file__).parent
+REPO = PACKAGE.parent
 SOURCES = sorted(PACKAGE.rglob("*.py"))
 BUILTIN_ERRORS = {name for name, obj in vars(builtins).items()
                   if isinstance(obj, type) and issubclass(obj, BaseException)}
@@ -263,3 +265,27 @@ def test_sink_refuses_a_chunk_with_duplicated_ids(tmp_path: Path) -> None:
         sink.commit(chunk)
     with pytest.raises(InputSchemaError, match="lacks the staged '_soi_new_id' column"):
         sink.commit(chunk.drop_columns([NEW_ID_COL]).slice(0, 1))
+
+
+# --- the nightly job's exit codes -----------------------------------------------------------------
+
+def _nightly_main():
+    spec = importlib.util.spec_from_file_location("nightly_job", REPO / "jobs" / "nightly.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def test_nightly_job_exits_2_on_bad_settings_and_1_on_another_writer(tmp_path: Path, monkeypatch, capsys) -> None:
+    """README: exit 2 means bad config or input (do not retry); another writer is a failed run (exit 1)."""
+    main = _nightly_main()
+    paths = ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")]
+    assert main([*paths, "--chunk-rows", "0"]) == 2
+    assert "chunk_rows=0: Input should be greater than or equal to 1" in capsys.readouterr().err
+
+    def another_writer_committed(config: NightlyConfig) -> None:
+        raise ConcurrentWriteError(f"{config.output}: another writer committed to the table")
+
+    monkeypatch.setattr(soi_batch.nightly, "run_nightly", another_writer_committed)
+    with pytest.raises(ConcurrentWriteError, match="another writer"):  # uncaught: Python exits 1
+        main(paths)
