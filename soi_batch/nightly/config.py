@@ -132,7 +132,7 @@ def _build_section(cls: type[_Section], settings: dict[str, Any], section: str) 
 
 
 def _problems(exc: ValidationError) -> str:
-    """One line per invalid setting: its name, the value given and what is valid."""
+    """Each invalid setting, "; "-separated: its name, the value given and what is valid."""
     settings = ", ".join(NightlyConfig.model_fields)
     lines = []
     for error in exc.errors(include_url=False):
