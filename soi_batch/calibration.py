@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy.optimize import minimize_scalar
 
-from soi_batch.errors import ConfigError
+from soi_batch.errors import CalibrationError, ConfigError, LabelSetError
 
 if TYPE_CHECKING:  # the scorer imports nothing heavy, but keep this module import-light
     from soi_batch.scorer import PathSteps
@@ -43,7 +43,8 @@ def _stack(steps: Sequence[PathSteps]) -> tuple[np.ndarray, np.ndarray, np.ndarr
     target = np.concatenate([np.asarray(s.target, dtype=np.int64) for s in steps])
     rows = np.arange(len(target))
     if not allowed[rows, target].all():
-        raise ValueError("a path's target token is not allowed at its step; the steps do not match the trie")
+        raise LabelSetError("a path's target token is not allowed at its step, so the steps do not follow the label "
+                            "trie; build them with Classifier.path_steps on codes from the bundle's label set")
     # Steps with one allowed token have probability 1 whatever T is: drop them.
     informative = allowed.sum(axis=1) > 1
     return scores[informative], allowed[informative], target[informative]
@@ -77,7 +78,8 @@ def fit_temperature(steps: list[PathSteps], bounds: tuple[float, float] = T_BOUN
     res = minimize_scalar(nll, bounds=(math.log(bounds[0]), math.log(bounds[1])), method="bounded",
                           options={"xatol": 1e-5})
     if not res.success:
-        raise RuntimeError(f"temperature fit did not converge: {res.message}")
+        raise CalibrationError(f"temperature fit on {len(steps)} validation paths did not converge ({res.message}); "
+                               "check the engine's scores for NaN or inf (a broken model) and calibrate again")
     temperature = float(math.exp(res.x))
     if min(abs(temperature - b) / b for b in bounds) < 1e-3:
         log.warning("fitted temperature %.4g sits at the search bound %s", temperature, bounds)
@@ -110,8 +112,7 @@ def choose_review_threshold(
     the threshold is set just above the highest confidence (capped at 1.0), so every row goes
     to review, and a warning is logged.
     """
-    if not 0 < target_accuracy <= 1:
-        raise ConfigError(f"target_accuracy must be in (0, 1], got {target_accuracy}")
+    _check_target_accuracy(target_accuracy)
     conf = np.asarray(confidences, dtype=float).ravel()
     ok = np.asarray(correct, dtype=bool).ravel()
     if conf.shape != ok.shape or not conf.size:
@@ -159,6 +160,9 @@ def calibrate_bundle(
     from soi_batch.classifier import Classifier, ClassifierConfig
     from soi_batch.metrics import expected_calibration_error
 
+    _check_target_accuracy(target_accuracy)  # before any report is scored
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a whole number ≥ 1, got {batch_size!r}")
     if len(validation_texts) != len(validation_codes):
         raise ConfigError(f"{len(validation_texts)} validation texts but {len(validation_codes)} codes")
     bundle = load_bundle(bundle_dir, cache_dir)
@@ -209,6 +213,12 @@ def calibrate_bundle(
     log.info("calibrated %s: T=%.4f, threshold %.4f, ECE %.4f -> %.4f", bundle.path, temperature, threshold,
              record["ece_before"], record["ece_after"])
     return record
+
+
+def _check_target_accuracy(target_accuracy: float) -> None:
+    if not 0 < target_accuracy <= 1:
+        raise ConfigError(f"target_accuracy must be in (0, 1] (the accuracy the auto-coded part must reach), "
+                          f"got {target_accuracy}")
 
 
 def _progress(it: range, n: int, batch_size: int):

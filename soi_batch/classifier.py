@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
+from numbers import Integral
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,11 +25,20 @@ from soi_batch.encoding import EncodedReport, PromptEncoder
 from soi_batch.engines.base import Engine
 from soi_batch.errors import ConfigError, InputSchemaError
 from soi_batch.schema import PROBABILITIES_SCHEMA, RESULT_SCHEMA
-from soi_batch.scorer import LabelScorer, LabelTrie, PathSteps, ScoreBatch, ScorerConfig
+from soi_batch.scorer import (
+    LabelScorer,
+    LabelTrie,
+    PathSteps,
+    ScoreBatch,
+    ScorerConfig,
+    check_beam,
+    check_temperature,
+)
 
 log = logging.getLogger(__name__)
 EngineName = Literal["auto", "hf", "vllm"]
 _MIN_MAJOR_GROUP_PROB = 1e-6
+DEFAULT_MAX_PROMPT_TOKENS = 512
 
 
 @dataclass(frozen=True)
@@ -39,13 +49,15 @@ class ClassifierConfig:
     batch_size: int = 64
     """Reports per engine call (the HF engine pads within a batch; batches are length-sorted)."""
     top_k: int = 3
+    """Codes kept in the ``top_k`` column, 1 to 50."""
     beam: int | None = 3
     """Major groups / groups expanded per report beyond the greedy path; None expands all."""
     temperature: float | None = None
-    """Override the bundle's calibration temperature (None: use the bundle's)."""
+    """Override the bundle's calibration temperature, > 0 (None: use the bundle's)."""
     device: str = "auto"
     max_prompt_tokens: int | None = None
-    """Prompts longer than this are cut (narrative end) and flagged ``truncated``."""
+    """Prompts longer than this are cut (narrative end) and flagged ``truncated``; ≥ 1 and longer
+    than the prompt template (None: 512, or the engine's context if shorter)."""
     engine_options: dict[str, Any] = field(default_factory=dict)
     """Extra engine settings, e.g. {"quantization": "fp8"} for vLLM, {"num_threads": 2} for hf."""
     concurrent_batches: int | None = None
@@ -56,12 +68,21 @@ class ClassifierConfig:
     def __post_init__(self) -> None:
         if self.engine not in ("auto", "hf", "vllm"):
             raise ConfigError(f"engine must be one of auto, hf, vllm; got {self.engine!r}")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size must be ≥ 1, got {self.batch_size}")
-        if not 1 <= self.top_k <= 50:
-            raise ConfigError(f"top_k must be between 1 and 50, got {self.top_k}")
+        if not _is_whole(self.batch_size) or self.batch_size < 1:
+            raise ConfigError(f"batch_size must be a whole number ≥ 1, got {self.batch_size!r}")
+        if not _is_whole(self.top_k) or not 1 <= self.top_k <= 50:
+            raise ConfigError(f"top_k must be a whole number between 1 and 50, got {self.top_k!r}")
+        check_beam(self.beam)
+        check_temperature(self.temperature, none_means="the bundle's calibrated temperature")
+        if self.max_prompt_tokens is not None and (not _is_whole(self.max_prompt_tokens) or self.max_prompt_tokens < 1):
+            raise ConfigError(f"max_prompt_tokens must be a whole number ≥ 1 (and longer than the prompt template), "
+                              f"or None for {DEFAULT_MAX_PROMPT_TOKENS}; got {self.max_prompt_tokens!r}")
         if self.concurrent_batches is not None and self.concurrent_batches < 1:
             raise ConfigError(f"concurrent_batches must be ≥ 1 or None, got {self.concurrent_batches}")
+
+
+def _is_whole(value: object) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -128,13 +149,13 @@ class Classifier:
         self.bundle = bundle
         self.config = config
         self.taxonomy = bundle.taxonomy
-        limit = config.max_prompt_tokens or 512
+        limit = DEFAULT_MAX_PROMPT_TOKENS if config.max_prompt_tokens is None else config.max_prompt_tokens
         self.encoder = PromptEncoder.from_bundle(bundle, max_prompt_tokens=limit)
         self.trie = LabelTrie(self.taxonomy.labels)
         self.engine = build_engine(bundle, self.encoder.shared_prefix_ids, self.encoder.label_token_ids, config,
                                    self.trie)
         self.encoder.max_prompt_tokens = min(limit, self.engine.max_prompt_tokens)
-        temperature = config.temperature or bundle.calibration.temperature
+        temperature = bundle.calibration.temperature if config.temperature is None else config.temperature
         self.scorer = LabelScorer(self.engine, self.trie, ScorerConfig(beam=config.beam, temperature=temperature))
         self.concurrent_batches = _concurrent_batches(config, self.engine)
         self._node_titles = [self.taxonomy.titles.get(p) for p in self.trie.nodes]

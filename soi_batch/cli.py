@@ -7,7 +7,7 @@ import importlib
 import sys
 
 from soi_batch.commands.options import add_logging_options, configure_logging
-from soi_batch.errors import SoiError
+from soi_batch.errors import ConcurrentWriteError, SoiError
 
 COMMANDS = ("classify", "evaluate", "calibrate", "trends", "nightly", "package")
 
@@ -28,10 +28,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_command(args: argparse.Namespace, *, prog: str) -> int:
     """Run a parsed command (``args.func``) with logging set up; a :class:`SoiError` becomes one line
-    ``PROG: error: …`` on stderr and exit code 2 (any other exception propagates: exit code 1)."""
+    ``PROG: error: …`` on stderr and exit code 2 (bad config or input); any other exception, and a
+    :class:`ConcurrentWriteError` (a failed run that is safe to retry), propagates: exit code 1."""
     configure_logging(args.verbose)
     try:
         return int(args.func(args) or 0)
+    except ConcurrentWriteError:
+        raise
     except SoiError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from soi_batch.bundle import ModelBundle
-from soi_batch.errors import BundleError, TokenizerError
+from soi_batch.errors import BundleError, ConfigError, TokenizerError
 from soi_batch.prompt import PromptTemplate, normalize_narrative
 
 _PROBE = "A worker was struck by a forklift."
@@ -49,6 +49,10 @@ class PromptEncoder:
                 "long narratives could not be truncated safely"
             )
         self.suffix_ids: list[int] = probe[len(head) :]
+        template_tokens = len(self.shared_prefix_ids) + len(self.suffix_ids)
+        if max_prompt_tokens <= template_tokens:
+            raise ConfigError(f"max_prompt_tokens={max_prompt_tokens} leaves no room for the narrative: the prompt "
+                              f"template alone is {template_tokens} tokens with {source}; use more than that")
 
     @classmethod
     def from_bundle(cls, bundle: ModelBundle, *, max_prompt_tokens: int) -> PromptEncoder:

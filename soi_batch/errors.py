@@ -1,15 +1,19 @@
-"""Every error soi_batch raises derives from :class:`SoiError`."""
+"""Every error soi_batch raises derives from :class:`SoiError`.
+
+Errors about a value the caller passed (a setting, a column, a label) are also ``ValueError``\\s,
+so code written against the standard exception keeps working.
+"""
 
 
 class SoiError(Exception):
     """Base for every error soi_batch raises."""
 
 
-class ConfigError(SoiError):
-    """A setting is invalid; the message names the setting and the valid values."""
+class ConfigError(SoiError, ValueError):
+    """A setting is invalid; the message names the setting, its value and the valid values."""
 
 
-class InputSchemaError(SoiError):
+class InputSchemaError(SoiError, ValueError):
     """The input table lacks a required column or has the wrong type."""
 
 
@@ -21,9 +25,17 @@ class BundleError(SoiError):
     """A model bundle is missing files, has unsafe weights or an inconsistent manifest."""
 
 
-class LabelSetError(SoiError):
-    """A label set does not match the OIICS taxonomy."""
+class LabelSetError(SoiError, ValueError):
+    """A label set does not match the OIICS taxonomy, or a code is not in the label set."""
 
 
 class TokenizerError(SoiError):
     """The tokenizer cannot represent the label trie (e.g. it merges digits)."""
+
+
+class CalibrationError(SoiError):
+    """The temperature cannot be fitted on the validation data."""
+
+
+class ConcurrentWriteError(SoiError, RuntimeError):
+    """Another writer committed to the output table during this run (one writer per table)."""

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.metrics import f1_score
 
+from soi_batch.errors import ConfigError, InputSchemaError
+
 LEVEL_DEPTH: dict[str, int] = {"division": 1, "major_group": 2, "group": 3}
 """Prefix length of each hierarchy level scored by :func:`level_scores`."""
 COVERAGES: tuple[float, ...] = (0.5, 0.7, 0.8, 0.9)
@@ -43,7 +45,7 @@ def prefix(code: str | None, depth: int) -> str | None:
 def accuracy(y_true: Sequence[object], y_pred: Sequence[object]) -> float:
     """Fraction of positions where prediction equals label (nan for no rows)."""
     if len(y_true) != len(y_pred):
-        raise ValueError(f"{len(y_true)} labels but {len(y_pred)} predictions")
+        raise InputSchemaError(f"{len(y_true)} labels but {len(y_pred)} predictions; pass one prediction per label")
     if not len(y_true):
         return float("nan")
     return float(np.mean([t == p for t, p in zip(y_true, y_pred)]))
@@ -78,7 +80,7 @@ def level_scores(labels: Sequence[str], predictions: Sequence[str | None]) -> di
     full predicted code with the full label (``"66"`` predicted for label ``"662"`` is wrong).
     """
     if len(labels) != len(predictions):
-        raise ValueError(f"{len(labels)} labels but {len(predictions)} predictions")
+        raise InputSchemaError(f"{len(labels)} labels but {len(predictions)} predictions; pass one prediction per label")
     out: dict[str, LevelScore] = {}
     for level, depth in LEVEL_DEPTH.items():
         rows = [i for i, code in enumerate(labels) if len(code) >= depth]
@@ -140,7 +142,7 @@ def accuracy_at_coverage(
     out = {}
     for c in coverages:
         if not 0 < c <= 1:
-            raise ValueError(f"coverage must be in (0, 1], got {c}")
+            raise ConfigError(f"coverage must be in (0, 1] (the share of rows auto-coded), got {c}")
         k = int(np.ceil(round(c * conf.size, 9)))
         out[f"{c:g}"] = float(ok[order[:k]].mean()) if k else float("nan")
     return out
@@ -177,7 +179,8 @@ def evaluate_predictions(
     """
     n = len(labels)
     if not (len(codes) == len(divisions) == len(division_confidence) == n):
-        raise ValueError("labels, codes, divisions and division_confidence must have the same length")
+        raise InputSchemaError(f"labels, codes, divisions and division_confidence must have the same length; got "
+                               f"{n}, {len(codes)}, {len(divisions)} and {len(division_confidence)}")
     majors = list(major_groups) if major_groups is not None else [prefix(c, 2) for c in codes]
     by_code = level_scores(labels, codes)
     by_div = level_scores(labels, divisions)
@@ -220,7 +223,8 @@ def _check(confidence: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, np.
     conf = np.asarray(confidence, dtype=float).ravel()
     ok = np.asarray(correct, dtype=bool).ravel()
     if conf.shape != ok.shape:
-        raise ValueError(f"{conf.size} confidences but {ok.size} correctness flags")
+        raise InputSchemaError(f"{conf.size} confidences but {ok.size} correctness flags; pass one flag per confidence")
     if conf.size and (np.isnan(conf).any() or conf.min() < 0 or conf.max() > 1 + 1e-9):
-        raise ValueError("confidences must be probabilities in [0, 1]")
+        raise InputSchemaError(f"confidences must be probabilities in [0, 1]; got values from {np.nanmin(conf):g} to "
+                               f"{np.nanmax(conf):g}{' and NaN' if np.isnan(conf).any() else ''}")
     return conf, ok

@@ -10,8 +10,10 @@ takes one GPU (``num_gpus=1``) and the pool has one actor per GPU.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass, replace
+from numbers import Integral, Real
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,6 +40,20 @@ class RayOptions:
     batch_size: int | None = None
     """Rows per map_batches call; the classifier splits them into engine batches. None: 512 on
     CPU; on GPUs 8 engine batches, so that concurrent engine batches keep the GPU busy."""
+
+    def __post_init__(self) -> None:
+        for name in ("num_actors", "torch_threads", "batch_size"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, Integral) or isinstance(value, bool) or value < 1):
+                raise ConfigError(f"{name} must be a whole number ≥ 1, or None for the default; got {value!r}")
+        if self.gpus_per_actor is not None:
+            _check_resource("gpus_per_actor", self.gpus_per_actor, ", or None for the default")
+        _check_resource("cpus_per_actor", self.cpus_per_actor)
+
+
+def _check_resource(name: str, value: object, or_none: str = "") -> None:
+    if not isinstance(value, Real) or isinstance(value, bool) or not 0 <= value < math.inf:
+        raise ConfigError(f"{name} must be a number ≥ 0 (Ray resources each actor reserves){or_none}; got {value!r}")
 
 
 class ClassifyBatch:
@@ -82,10 +98,14 @@ def classify_dataset(ds: Any, *, text_col: str, model: str | Path | None = None,
         gpus = 1.0 if _cluster_gpus() > 0 and config.device != "cpu" else 0.0
     if config.engine == "vllm" and gpus == 0:
         raise ConfigError("engine 'vllm' needs GPUs; the Ray cluster has none (use engine='hf')")
-    actors = options.num_actors or (max(1, int(_cluster_gpus() // gpus)) if gpus else 1)
+    actors = options.num_actors
+    if actors is None:
+        actors = max(1, int(_cluster_gpus() // gpus)) if gpus else 1
     if gpus and config.device == "auto":
         config = replace(config, device="cuda")
-    batch_size = options.batch_size or (max(512, 8 * config.batch_size) if gpus else 512)
+    batch_size = options.batch_size
+    if batch_size is None:
+        batch_size = max(512, 8 * config.batch_size) if gpus else 512
     log.info("Ray Data: %d actor(s), %.2g GPU and %.2g CPU each, batches of %d rows",
              actors, gpus, options.cpus_per_actor, batch_size)
     from ray.data import ActorPoolStrategy
@@ -147,5 +167,5 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None,
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(num_cpus=num_cpus or os.cpu_count(), object_store_memory=object_store_memory,
+        ray.init(num_cpus=os.cpu_count() if num_cpus is None else num_cpus, object_store_memory=object_store_memory,
                  include_dashboard=False, log_to_driver=True, configure_logging=True, logging_level=logging.WARNING)

@@ -28,8 +28,6 @@ RESULT_SCHEMA = pa.schema(
         ("classified_at", pa.timestamp("us", tz="UTC")),
     ]
 )
-RESULT_COLUMNS: tuple[str, ...] = tuple(RESULT_SCHEMA.names)
-"""Column order of the appended results."""
 
 PROBABILITIES_SCHEMA = pa.schema(
     [

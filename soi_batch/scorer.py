@@ -17,12 +17,15 @@ level plus the greedy path; labels under unexpanded nodes keep their mass as
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from numbers import Integral, Real
 
 import numpy as np
 
 from soi_batch.engines.base import EOS_SLOT, N_LABEL_TOKENS, Engine
+from soi_batch.errors import ConfigError, LabelSetError
 
 _NEG = -np.inf
 
@@ -34,7 +37,8 @@ class LabelTrie:
         prefixes = {""}
         for label in labels:
             if not label.isdigit():
-                raise ValueError(f"label {label!r} is not a string of digits")
+                raise LabelSetError(f"label {label!r} is not a string of digits; labels are OIICS codes such as "
+                                    "'66' or '8621' (see soi_batch.taxonomy)")
             prefixes.update(label[:i] for i in range(1, len(label) + 1))
         self.nodes: list[str] = sorted(prefixes, key=lambda p: (len(p), p))
         self.index = {p: i for i, p in enumerate(self.nodes)}
@@ -70,12 +74,28 @@ class ScorerConfig:
     beam: int | None = 3
     """Major groups and groups expanded per report besides the greedy path (None: all)."""
     temperature: float = 1.0
+    """Every step's scores are divided by this before the softmax: finite and > 0."""
 
     def __post_init__(self) -> None:
-        if self.beam is not None and self.beam < 1:
-            raise ValueError(f"beam must be ≥ 1 or None, got {self.beam}")
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        check_beam(self.beam)
+        check_temperature(self.temperature)
+
+
+def check_beam(beam: object) -> None:
+    """``beam`` must be a whole number ≥ 1, or None (expand the whole trie)."""
+    if beam is not None and (not isinstance(beam, Integral) or isinstance(beam, bool) or beam < 1):
+        raise ConfigError(f"beam must be a whole number ≥ 1, or None to expand the whole trie; got {beam!r}")
+
+
+def check_temperature(temperature: object, *, none_means: str | None = None) -> None:
+    """``temperature`` must be a finite number > 0 (it divides the logits); None only if ``none_means`` says what."""
+    if temperature is None and none_means is not None:
+        return
+    ok = isinstance(temperature, Real) and not isinstance(temperature, bool)
+    if not ok or not 0 < temperature < math.inf:  # type: ignore[operator]
+        allowed = f", or None for {none_means}" if none_means else ""
+        raise ConfigError(f"temperature must be a finite number > 0 (the scores are divided by it before the "
+                          f"softmax){allowed}; got {temperature!r}")
 
 
 @dataclass
@@ -208,7 +228,8 @@ class LabelScorer:
         trie, n = self.trie, len(prompts)
         for code in codes:
             if code not in trie.index or not trie.is_label[trie.index[code]]:
-                raise ValueError(f"code {code!r} is not in the label set")
+                raise LabelSetError(f"code {code!r} is not in the model's label set ({len(trie.labels)} codes); "
+                                    "drop rows whose code the bundle cannot answer")
         depth = max(len(c) for c in codes)
         scores = np.zeros((n, depth + 1, N_LABEL_TOKENS), dtype=np.float32)
         handle, root = self.engine.prefill(prompts)

@@ -19,7 +19,6 @@ from soi_batch.errors import LabelSetError
 
 Level = Literal["division", "major_group", "group", "detail"]
 LEVELS: tuple[Level, ...] = ("division", "major_group", "group", "detail")
-NONCLASSIFIABLE = "9999"
 TAXONOMY_VERSION = "OIICS v2.01 source"
 _DATA_FILE = "oiics_201_source_codes.csv"
 
@@ -48,30 +47,12 @@ class Taxonomy:
                 f"e.g. {unknown[:5]}; rebuild the bundle's label set from soi_batch.taxonomy"
             )
 
-    def __contains__(self, code: object) -> bool:
-        return code in self.titles
-
-    def title(self, code: str) -> str:
-        return self.titles[code]
-
     def is_label(self, code: str) -> bool:
         return code in self._label_set
 
     @property
     def _label_set(self) -> frozenset[str]:
         return _frozen(self.labels)
-
-    @staticmethod
-    def division_of(code: str) -> str:
-        return code[:1]
-
-    @staticmethod
-    def major_group_of(code: str) -> str | None:
-        return code[:2] if len(code) >= 2 else None
-
-    def ancestors(self, code: str) -> list[str]:
-        """Proper prefixes of ``code`` that are codes, outermost first."""
-        return [code[:i] for i in range(1, len(code)) if code[:i] in self.titles]
 
     def with_labels(self, labels: Iterable[str]) -> Taxonomy:
         return Taxonomy(titles=self.titles, levels=self.levels, labels=tuple(sorted(set(labels))))

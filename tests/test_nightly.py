@@ -163,7 +163,12 @@ def test_incremental_runs(tmp_path: Path, osha: pd.DataFrame, tiny_bundle: Path,
     dups["Final Narrative"] = dups["Final Narrative"] + " (amended)"  # same id later in input: last wins
     _write(tmp_path / "input", pd.concat([base, dups], ignore_index=True))
 
-    m1 = run_nightly(_config(tmp_path, tiny_bundle))
+    from ray.data import DataContext
+
+    process_context = DataContext.get_current()
+    bars_before = process_context.enable_progress_bars
+    m1 = run_nightly(_config(tmp_path, tiny_bundle, ray_progress_bars=not bars_before))
+    assert process_context.enable_progress_bars is bars_before  # set on the run's Datasets, not the process
     out = _output(tmp_path / "out")
     assert (m1.status, m1.counts.read, m1.counts.duplicate_ids_dropped) == ("completed", 303, 3)
     assert m1.counts.classified == 300 and m1.counts.inserted == 300 and m1.chunks_committed == 3

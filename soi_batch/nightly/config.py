@@ -5,39 +5,46 @@ The library takes a :class:`NightlyConfig`; only ``jobs/nightly.py`` reads the c
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from soi_batch.classifier import ClassifierConfig
 from soi_batch.errors import ConfigError
 from soi_batch.ray_data import RayOptions
 
+_Section = TypeVar("_Section", ClassifierConfig, RayOptions)
+
 
 class NightlyConfig(BaseModel):
-    """Everything one nightly run needs (see ``jobs/nightly.example.yml``)."""
+    """Everything one nightly run needs (see ``jobs/nightly.example.yml``).
+
+    Every setting is checked here, when the config is built: an invalid one raises
+    :class:`~soi_batch.errors.ConfigError` naming the setting, its value and what is valid.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    input: str
+    input: str = Field(min_length=1)
     """Input table: a Delta table, a Parquet file/directory or a CSV file."""
-    output: str
+    output: str = Field(min_length=1)
     """Output Delta table (created on the first run; MERGEd into on every run)."""
     model: str | None = None
     """Named model (soi-small, soi-mini), bundle directory or hub id (None: the default model)."""
     cache_dir: str | None = None
     """Where a named model is built on first use (None: ``~/.cache/soi-batch``)."""
-    id_col: str = "row_key"
+    id_col: str = Field(default="row_key", min_length=1)
     """Unique report id; the MERGE key. Duplicated ids: the last row in input order wins."""
-    text_col: str = "Final Narrative"
+    text_col: str = Field(default="Final Narrative", min_length=1)
     input_format: Literal["csv", "parquet", "delta"] | None = None
     encoding: str | None = None
     """CSV encoding (None: utf-8 if the file decodes, else cp1252)."""
-    manifest_dir: str | None = None
+    manifest_dir: str | None = Field(default=None, min_length=1)
     """Where run manifests go (None: ``<output>_manifests`` next to the output table)."""
-    staging_dir: str | None = None
+    staging_dir: str | None = Field(default=None, min_length=1)
     """Where the selected rows are staged as Parquet for Ray (None: ``<manifest_dir>/_staging``)."""
     chunk_rows: int = Field(default=5000, ge=1)
     """Rows per MERGE commit: a crash loses at most the chunk in flight."""
@@ -46,7 +53,7 @@ class NightlyConfig(BaseModel):
     keep_probabilities: bool = False
     """Also store division/major-group probability maps (for ``soi-batch trends``)."""
     ray_address: str | None = None
-    ray_num_cpus: int | None = None
+    ray_num_cpus: int | None = Field(default=None, ge=1)
     """CPUs of a local Ray (None: all cores); ignored with ``ray_address``."""
     ray_object_store_memory: int | None = Field(default=None, ge=100 * 2**20)
     """Bytes of a local Ray's object store (None: Ray's default, 30 % of RAM); ignored with
@@ -59,12 +66,11 @@ class NightlyConfig(BaseModel):
     ray: dict[str, Any] = Field(default_factory=dict)
     """:class:`~soi_batch.ray_data.RayOptions` fields, e.g. {num_actors: 2, batch_size: 256}."""
 
-    @field_validator("id_col", "text_col")
-    @classmethod
-    def _not_empty(cls, value: str) -> str:
-        if not value:
-            raise ValueError("must not be empty")
-        return value
+    def __init__(self, **settings: Any) -> None:
+        try:
+            super().__init__(**settings)
+        except ValidationError as exc:
+            raise ConfigError(f"invalid nightly settings: {_problems(exc)}") from exc
 
     @model_validator(mode="after")
     def _settings_build(self) -> NightlyConfig:
@@ -73,24 +79,22 @@ class NightlyConfig(BaseModel):
         return self
 
     def classifier_config(self) -> ClassifierConfig:
-        try:
-            return ClassifierConfig(**self.classifier)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"classifier settings {self.classifier}: {exc}") from exc
+        return _build_section(ClassifierConfig, self.classifier, "classifier")
 
     def ray_options(self) -> RayOptions:
-        try:
-            return RayOptions(**self.ray)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"ray settings {self.ray}: {exc}") from exc
+        return _build_section(RayOptions, self.ray, "ray")
 
     @property
     def resolved_manifest_dir(self) -> str:
-        return self.manifest_dir or f"{self.output.rstrip('/')}_manifests"
+        if self.manifest_dir is not None:
+            return self.manifest_dir
+        return f"{self.output.rstrip('/')}_manifests"
 
     @property
     def resolved_staging_dir(self) -> str:
-        return self.staging_dir or f"{self.resolved_manifest_dir.rstrip('/')}/_staging"
+        if self.staging_dir is not None:
+            return self.staging_dir
+        return f"{self.resolved_manifest_dir.rstrip('/')}/_staging"
 
     @classmethod
     def build(cls, yaml_path: str | Path | None = None, **overrides: Any) -> NightlyConfig:
@@ -107,6 +111,39 @@ class NightlyConfig(BaseModel):
         data.update({k: v for k, v in overrides.items() if v is not None})
         try:
             return cls(**data)
-        except ValidationError as exc:
+        except ConfigError as exc:
             where = f"{yaml_path} / command line" if yaml_path else "command line"
-            raise ConfigError(f"invalid nightly settings ({where}): {exc}") from exc
+            cause = exc.__cause__
+            problems = _problems(cause) if isinstance(cause, ValidationError) else str(exc)
+            raise ConfigError(f"invalid nightly settings ({where}): {problems}") from cause
+
+
+def _build_section(cls: type[_Section], settings: dict[str, Any], section: str) -> _Section:
+    """``cls(**settings)``; unknown names and invalid values raise a ConfigError naming ``section``."""
+    known = sorted(f.name for f in fields(cls))
+    unknown = sorted(set(settings) - set(known))
+    if unknown:
+        raise ConfigError(f"{section}: no setting(s) {', '.join(map(str, unknown))}; "
+                          f"its settings are {', '.join(known)}")
+    try:
+        return cls(**settings)
+    except (TypeError, ConfigError) as exc:
+        raise ConfigError(f"{section}: {exc}") from exc
+
+
+def _problems(exc: ValidationError) -> str:
+    """Each invalid setting, "; "-separated: its name, the value given and what is valid."""
+    settings = ", ".join(NightlyConfig.model_fields)
+    lines = []
+    for error in exc.errors(include_url=False):
+        name = ".".join(str(part) for part in error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            lines.append(f"{name}: not a setting; the settings are {settings}")
+        elif error["type"] == "missing":
+            lines.append(f"{name}: required")
+        elif name:
+            lines.append(f"{name}={error['input']!r}: {message}")
+        else:
+            lines.append(message)
+    return "; ".join(lines)

@@ -6,7 +6,6 @@ Written when the run starts (``status: running``), and rewritten when it ends
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from pathlib import Path
@@ -113,7 +112,3 @@ def total_variation(p: dict[str, float], q: dict[str, float]) -> float | None:
     if not p or not q:
         return None
     return 0.5 * sum(abs(p.get(k, 0.0) - q.get(k, 0.0)) for k in set(p) | set(q))
-
-
-def load_json(path: str | Path) -> dict[str, Any]:
-    return json.loads(Path(path).read_text(encoding="utf-8"))

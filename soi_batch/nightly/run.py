@@ -154,12 +154,12 @@ def _classify_and_commit(config: NightlyConfig, manifest: RunManifest, sink: Del
     from soi_batch.ray_data import classify_dataset, init_ray
 
     init_ray(config.ray_address, num_cpus=config.ray_num_cpus, object_store_memory=config.ray_object_store_memory)
-    ray.data.DataContext.get_current().enable_progress_bars = config.ray_progress_bars
     # blocks of chunk_rows rows: each actor task then returns about one chunk's results, so commits
     # follow classification (one huge read block would be classified whole before any commit)
     ds = ray.data.read_parquet(absolute_uri(staging)).repartition(target_num_rows_per_block=config.chunk_rows)
     ds = classify_dataset(ds, text_col=config.text_col, model=model_path, config=classifier_config,
                           run_id=manifest.run_id, keep_probabilities=config.keep_probabilities, options=ray_options)
+    ds.context.enable_progress_bars = config.ray_progress_bars  # this run's Datasets only, not the process's
     counts = manifest.counts
     with tqdm(total=counts.selected, unit="rows", desc="classified+committed", dynamic_ncols=True) as bar:
         for chunk in ds.iter_batches(batch_size=config.chunk_rows, batch_format="pyarrow", prefetch_batches=1):

@@ -6,7 +6,7 @@ rest (changed texts, another model version, retried errors) are **MERGEd** on th
 killed mid-run leaves whole commits and nothing half-written, and the next run selects whatever
 is not committed yet: nothing is lost and nothing duplicated.  One writer per table at a time:
 the sink checks before and after each commit that no other writer has committed since its own
-last commit, and stops with :class:`ConcurrentWriteError` if one has.
+last commit, and stops with :class:`~soi_batch.errors.ConcurrentWriteError` if one has.
 
 Why not MERGE everything: a delta-rs MERGE scans every output file whose id range may match the
 chunk, so its memory and time grow with the output table (a 5,000-row MERGE into a 1 M-row
@@ -23,16 +23,12 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from soi_batch.errors import ConfigError
+from soi_batch.errors import ConcurrentWriteError, InputSchemaError
 
 log = logging.getLogger(__name__)
 
 NEW_ID_COL = "_soi_new_id"
 """Staged column: True where the row's id was not in the output table at selection time."""
-
-
-class ConcurrentWriteError(RuntimeError):
-    """Another writer committed to the output table during this run."""
 
 
 def _quote(name: str) -> str:
@@ -96,9 +92,10 @@ class DeltaSink:
 
         ids = chunk.column(self.id_col)
         if len(ids.unique()) != chunk.num_rows:
-            raise ConfigError(f"chunk for {self.uri} has duplicated {self.id_col!r} values; de-duplicate first")
+            raise InputSchemaError(f"chunk for {self.uri} has duplicated {self.id_col!r} values; de-duplicate first")
         if NEW_ID_COL not in chunk.column_names:
-            raise ConfigError(f"chunk for {self.uri} lacks the staged {NEW_ID_COL!r} column")
+            raise InputSchemaError(f"chunk for {self.uri} lacks the staged {NEW_ID_COL!r} column (True where the id "
+                                   "is not in the table yet); stage the rows with soi_batch.nightly.select.stage_rows")
         is_new = pc.fill_null(chunk.column(NEW_ID_COL), False)
         rows = chunk.select(self.schema.names).cast(self.schema)
         new, known = rows.filter(is_new), rows.filter(pc.invert(is_new))
