@@ -331,10 +331,11 @@ def _ours(args, prompts, meta, trie_kind: str) -> dict:
 
     cfg = VLLMEngineConfig(quantization=args.quant, load_format="dummy", max_num_batched_tokens=args.mbt,
                            max_num_seqs=args.mns, gpu_memory_utilization=0.88, enforce_eager=True)
+    trie = _trie(trie_kind)
     t = time.perf_counter()
-    engine = VLLMEngine(str(write_model_dir()), meta["label_token_ids"], cfg)
+    engine = VLLMEngine(str(write_model_dir()), meta["label_token_ids"], cfg, first_level_digits=trie.first_digits)
     init_s = time.perf_counter() - t
-    scorer = LabelScorer(engine, _trie(trie_kind), ScorerConfig(beam=3 if trie_kind == "full" else None))
+    scorer = LabelScorer(engine, trie, ScorerConfig(beam=3 if trie_kind == "full" else None))
     ps = prompts[: args.n]
     calls = {"prefill": 0, "extend": 0, "requests": 0}
     run, pre, ext = engine._run, engine.prefill, engine.extend

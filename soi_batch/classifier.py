@@ -11,18 +11,19 @@ import logging
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from numbers import Integral
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from soi_batch.bundle import ModelBundle, load_bundle
 from soi_batch.encoding import EncodedReport, PromptEncoder
-from soi_batch.engines.base import Engine
+from soi_batch.engines.base import EngineInputs
+from soi_batch.engines.registry import EngineName, build_engine, engine_class, engine_names, engine_options
 from soi_batch.errors import ConfigError, InputSchemaError
 from soi_batch.schema import PROBABILITIES_SCHEMA, RESULT_SCHEMA
 from soi_batch.scorer import (
@@ -36,7 +37,6 @@ from soi_batch.scorer import (
 )
 
 log = logging.getLogger(__name__)
-EngineName = Literal["auto", "hf", "vllm"]
 _MIN_MAJOR_GROUP_PROB = 1e-6
 DEFAULT_MAX_PROMPT_TOKENS = 512
 
@@ -59,15 +59,19 @@ class ClassifierConfig:
     """Prompts longer than this are cut (narrative end) and flagged ``truncated``; ≥ 1 and longer
     than the prompt template (None: 512, or the engine's context if shorter)."""
     engine_options: dict[str, Any] = field(default_factory=dict)
-    """Extra engine settings, e.g. {"quantization": "fp8"} for vLLM, {"num_threads": 2} for hf."""
+    """Extra engine settings, e.g. {"quantization": "fp8"} for vLLM, {"num_threads": 2} for hf;
+    checked and converted into :attr:`engine_config` when this config is built."""
     concurrent_batches: int | None = None
-    """Engine batches in flight at once, from threads (hf engine only). While one batch's
-    results are turned into codes and the next batch is prepared on the CPU, the GPU runs
-    the other one. None: 2 for the hf engine on a GPU, else 1."""
+    """Engine batches in flight at once, from threads (engines whose class has
+    ``supports_concurrent_batches``: hf). While one batch's results are turned into codes and
+    the next batch is prepared on the CPU, the GPU runs the other one. None: the engine class's
+    ``default_concurrent_batches`` (hf: 2 on a GPU, else 1)."""
+    engine_config: Any = field(init=False, repr=False, compare=False)
+    """The engine's typed options (``HFEngineConfig``, ``VLLMEngineConfig``), from ``engine``,
+    ``device`` and ``engine_options`` (:func:`soi_batch.engines.registry.engine_options`)."""
 
     def __post_init__(self) -> None:
-        if self.engine not in ("auto", "hf", "vllm"):
-            raise ConfigError(f"engine must be one of auto, hf, vllm; got {self.engine!r}")
+        engine = engine_class(self.engine)  # ConfigError for an unknown engine
         if not _is_whole(self.batch_size) or self.batch_size < 1:
             raise ConfigError(f"batch_size must be a whole number ≥ 1, got {self.batch_size!r}")
         if not _is_whole(self.top_k) or not 1 <= self.top_k <= 50:
@@ -79,6 +83,11 @@ class ClassifierConfig:
                               f"or None for {DEFAULT_MAX_PROMPT_TOKENS}; got {self.max_prompt_tokens!r}")
         if self.concurrent_batches is not None and self.concurrent_batches < 1:
             raise ConfigError(f"concurrent_batches must be ≥ 1 or None, got {self.concurrent_batches}")
+        if self.concurrent_batches is not None and self.concurrent_batches > 1 and not engine.supports_concurrent_batches:
+            threaded = [name for name in engine_names() if engine_class(name).supports_concurrent_batches]
+            raise ConfigError(f"concurrent_batches > 1 needs the {' or '.join(threaded)} engine; "
+                              f"{self.engine} schedules its own batches: leave concurrent_batches unset")
+        object.__setattr__(self, "engine_config", engine_options(self.engine, self.engine_options, device=self.device))
 
 
 def _is_whole(value: object) -> bool:
@@ -102,46 +111,6 @@ class Prediction:
     error: str | None
 
 
-def build_engine(bundle: ModelBundle, encoder_prefix: Sequence[int], label_token_ids: Sequence[int],
-                 config: ClassifierConfig, trie: LabelTrie) -> Engine:
-    """The engine ``config.engine`` names, loaded from ``bundle``."""
-    name = config.engine
-    if name == "auto":
-        name = "hf"
-    if name == "vllm":
-        from soi_batch.engines.vllm_engine import VLLMEngine, VLLMEngineConfig
-
-        return VLLMEngine(bundle, label_token_ids, _engine_config(VLLMEngineConfig, name, config.engine_options))
-    from soi_batch.engines.hf import HFEngine, HFEngineConfig
-
-    first_digits = [d for d in range(10) if trie.child[0, d] >= 0]
-    options = {"device": config.device, **config.engine_options}
-    return HFEngine(bundle, encoder_prefix, label_token_ids, _engine_config(HFEngineConfig, name, options),
-                    first_level_digits=first_digits)
-
-
-def _engine_config(cls: type, engine: str, options: dict[str, Any]) -> Any:
-    """``cls(**options)``, with an error that names the unknown options and the known ones."""
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise ConfigError(f"engine {engine!r} has no option(s) {', '.join(unknown)}; "
-                          f"its options are: {', '.join(sorted(known))}")
-    return cls(**options)
-
-
-def _concurrent_batches(config: ClassifierConfig, engine: Engine) -> int:
-    from soi_batch.engines.hf import HFEngine
-
-    if not isinstance(engine, HFEngine):
-        if (config.concurrent_batches or 1) > 1:
-            raise ConfigError(f"concurrent_batches > 1 needs the hf engine; {engine.name} schedules its own batches")
-        return 1
-    if config.concurrent_batches is None:
-        return 2 if engine.device.type == "cuda" else 1
-    return config.concurrent_batches
-
-
 class Classifier:
     """A loaded model bundle + engine; classifies texts or Arrow tables."""
 
@@ -152,12 +121,14 @@ class Classifier:
         limit = DEFAULT_MAX_PROMPT_TOKENS if config.max_prompt_tokens is None else config.max_prompt_tokens
         self.encoder = PromptEncoder.from_bundle(bundle, max_prompt_tokens=limit)
         self.trie = LabelTrie(self.taxonomy.labels)
-        self.engine = build_engine(bundle, self.encoder.shared_prefix_ids, self.encoder.label_token_ids, config,
-                                   self.trie)
+        inputs = EngineInputs(bundle, tuple(self.encoder.shared_prefix_ids), self.encoder.label_token_ids,
+                              self.trie.first_digits)
+        self.engine = build_engine(config.engine, inputs, config.engine_config)
         self.encoder.max_prompt_tokens = min(limit, self.engine.max_prompt_tokens)
         temperature = bundle.calibration.temperature if config.temperature is None else config.temperature
         self.scorer = LabelScorer(self.engine, self.trie, ScorerConfig(beam=config.beam, temperature=temperature))
-        self.concurrent_batches = _concurrent_batches(config, self.engine)
+        self.concurrent_batches = (self.engine.default_concurrent_batches(self.engine.device_type)
+                                   if config.concurrent_batches is None else config.concurrent_batches)
         self._node_titles = [self.taxonomy.titles.get(p) for p in self.trie.nodes]
         log.info("classifier ready: %s, engine %s, temperature %.3f, review threshold %.3f (%s)",
                  bundle.model_id, self.engine.name, temperature, bundle.calibration.review_threshold,

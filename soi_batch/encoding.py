@@ -13,6 +13,7 @@ from typing import Any
 from soi_batch.bundle import ModelBundle
 from soi_batch.errors import BundleError, ConfigError, TokenizerError
 from soi_batch.prompt import PromptTemplate, normalize_narrative
+from soi_batch.taxonomy import LABEL_DIGITS
 
 _PROBE = "A worker was struck by a forklift."
 
@@ -69,13 +70,14 @@ class PromptEncoder:
         return list(self.tokenizer(text).input_ids)
 
     def _label_token_ids(self) -> tuple[int, ...]:
+        """Token ids of :data:`~soi_batch.taxonomy.LABEL_DIGITS` after the prompt, then of EOS."""
         eos = self.tokenizer.eos_token_id
         if eos is None:
             raise TokenizerError("the bundle's tokenizer has no EOS token; labels end with EOS")
         prompt = self.template.render(_PROBE)
         base = self._ids(prompt)
         digit_ids = []
-        for digit in "0123456789":
+        for digit in LABEL_DIGITS:
             ids = self._ids(prompt + digit)
             if ids[:-1] != base or len(ids) != len(base) + 1:
                 raise TokenizerError(
@@ -83,8 +85,8 @@ class PromptEncoder:
                     "soi-batch needs a tokenizer that splits digits (as Mistral/Llama do)"
                 )
             digit_ids.append(ids[-1])
-        for run in ("0123456789", "9876543210", "8621", "9999"):
-            expected = base + [digit_ids[int(d)] for d in run]
+        for run in (LABEL_DIGITS, LABEL_DIGITS[::-1], "8621", "9999"):
+            expected = base + [digit_ids[LABEL_DIGITS.index(d)] for d in run]
             if self._ids(prompt + run) != expected:
                 raise TokenizerError(
                     f"the tokenizer merges the digits of {run!r}; soi-batch needs one token per digit"

@@ -21,6 +21,7 @@ import pyarrow as pa
 
 from soi_batch.checks import model_for_workers, require_dataset_text
 from soi_batch.classifier import Classifier, ClassifierConfig
+from soi_batch.engines.threads import set_torch_threads
 from soi_batch.errors import ConfigError
 from soi_batch.tables import OUTPUT_FORMATS, InputSpec, OutputFormat, absolute_uri, csv_options
 
@@ -62,9 +63,7 @@ class ClassifyBatch:
     def __init__(self, model: str | None, config: ClassifierConfig, text_col: str, run_id: str,
                  keep_probabilities: bool, torch_threads: int | None) -> None:
         if torch_threads:
-            import torch
-
-            torch.set_num_threads(torch_threads)
+            set_torch_threads(torch_threads)  # this actor owns its process
         self.classifier = Classifier.load(model, config)
         self.text_col = text_col
         self.run_id = run_id

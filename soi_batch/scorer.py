@@ -24,8 +24,9 @@ from numbers import Integral, Real
 
 import numpy as np
 
-from soi_batch.engines.base import EOS_SLOT, N_LABEL_TOKENS, Engine
+from soi_batch.engines.base import Engine
 from soi_batch.errors import ConfigError, LabelSetError
+from soi_batch.taxonomy import EOS_SLOT, LABEL_DIGITS, N_LABEL_TOKENS
 
 _NEG = -np.inf
 
@@ -36,20 +37,20 @@ class LabelTrie:
     def __init__(self, labels: Sequence[str]) -> None:
         prefixes = {""}
         for label in labels:
-            if not label.isdigit():
+            if not label or not set(label) <= set(LABEL_DIGITS):
                 raise LabelSetError(f"label {label!r} is not a string of digits; labels are OIICS codes such as "
                                     "'66' or '8621' (see soi_batch.taxonomy)")
             prefixes.update(label[:i] for i in range(1, len(label) + 1))
         self.nodes: list[str] = sorted(prefixes, key=lambda p: (len(p), p))
         self.index = {p: i for i, p in enumerate(self.nodes)}
         n = len(self.nodes)
-        self.child = np.full((n, 10), -1, dtype=np.int64)
+        self.child = np.full((n, len(LABEL_DIGITS)), -1, dtype=np.int64)
         self.is_label = np.zeros(n, dtype=bool)
         for label in labels:
             self.is_label[self.index[label]] = True
         for p, i in self.index.items():
             if p:
-                self.child[self.index[p[:-1]], int(p[-1])] = i
+                self.child[self.index[p[:-1]], LABEL_DIGITS.index(p[-1])] = i
         self.allowed = np.concatenate([self.child >= 0, self.is_label[:, None]], axis=1)
         self.depth = np.array([len(p) for p in self.nodes])
         self.branching = self.allowed.sum(axis=1)
@@ -58,6 +59,11 @@ class LabelTrie:
         self.labels = np.flatnonzero(self.is_label)
         self.max_depth = int(self.depth.max())
         self.parent = np.array([self.index[p[:-1]] if p else -1 for p in self.nodes])
+
+    @property
+    def first_digits(self) -> tuple[int, ...]:
+        """The digits a label may start with (its divisions: 1-9 for OIICS), in slot order."""
+        return tuple(LABEL_DIGITS.index(self.nodes[i]) for i in self.divisions)
 
     def ancestor_at(self, node: np.ndarray, depth: int) -> np.ndarray:
         """Index of each node's ancestor at ``depth`` (nodes must be at least that deep)."""
@@ -138,7 +144,7 @@ class LabelScorer:
         self.trie = trie
         self.config = config
         self._label_ids = np.asarray(engine.label_token_ids, dtype=np.int64)
-        self._node_tokens = [tuple(int(self._label_ids[int(d)]) for d in p) for p in trie.nodes]
+        self._node_tokens = [tuple(int(self._label_ids[LABEL_DIGITS.index(d)]) for d in p) for p in trie.nodes]
 
     def _step_logp(self, scores: np.ndarray, nodes: np.ndarray) -> np.ndarray:
         """Temperature-scaled log-softmax of engine scores over each node's allowed tokens."""
@@ -173,7 +179,7 @@ class LabelScorer:
                scores: np.ndarray) -> None:
         step = self._step_logp(np.asarray(scores), nodes)
         base = path[rows, nodes]
-        for slot in range(10):
+        for slot in range(len(LABEL_DIGITS)):
             kids = self.trie.child[nodes, slot]
             ok = kids >= 0
             path[rows[ok], kids[ok]] = base[ok] + step[ok, slot]
@@ -245,6 +251,6 @@ class LabelScorer:
         out = []
         for i, code in enumerate(codes):
             nodes = [trie.index[code[:d]] for d in range(len(code) + 1)]
-            target = np.array([int(code[d]) for d in range(len(code))] + [EOS_SLOT])
+            target = np.array([LABEL_DIGITS.index(digit) for digit in code] + [EOS_SLOT])
             out.append(PathSteps(scores[i, : len(code) + 1].copy(), trie.allowed[nodes].copy(), target))
         return out

@@ -33,6 +33,7 @@ import pyarrow as pa
 
 from soi_batch.checks import model_for_workers
 from soi_batch.classifier import Classifier, ClassifierConfig, EngineName
+from soi_batch.engines.threads import set_torch_threads
 from soi_batch.errors import ConfigError, InputSchemaError
 from soi_batch.schema import PROBABILITIES_SCHEMA, RESULT_SCHEMA
 
@@ -107,9 +108,7 @@ def _task_config(config: ClassifierConfig) -> ClassifierConfig:
     if gpu is not None and gpu.addresses and config.device in ("auto", "cuda"):
         return replace(config, device=f"cuda:{gpu.addresses[0]}")
     if ctx is not None and config.device in ("auto", "cpu"):
-        import torch
-
-        torch.set_num_threads(max(1, ctx.cpus()))  # this task's spark.task.cpus
+        set_torch_threads(max(1, ctx.cpus()))  # this task's spark.task.cpus
     return config
 
 

@@ -3,6 +3,10 @@
 Codes are strings: ``"6"`` is a division, ``"66"`` a major group, ``"662"`` a group,
 ``"6624"`` a detail code.  ``"9999"`` (Nonclassifiable) stands alone under major group
 ``"99"``.  A code's ancestors are its prefixes, so the hierarchy is a trie over digits.
+
+A model answers with a code's digits followed by end-of-sequence: the label alphabet is
+:data:`LABEL_DIGITS` then EOS, and every row of label-token scores holds them in that order
+(slot ``d`` is digit ``d``, slot :data:`EOS_SLOT` is EOS).
 """
 
 from __future__ import annotations
@@ -21,6 +25,13 @@ Level = Literal["division", "major_group", "group", "detail"]
 LEVELS: tuple[Level, ...] = ("division", "major_group", "group", "detail")
 TAXONOMY_VERSION = "OIICS v2.01 source"
 _DATA_FILE = "oiics_201_source_codes.csv"
+
+LABEL_DIGITS = "0123456789"
+"""The characters of every code, in slot order: digit ``d`` is label slot ``d``."""
+EOS_SLOT = len(LABEL_DIGITS)
+"""The label slot of end-of-sequence, which ends every label."""
+N_LABEL_TOKENS = EOS_SLOT + 1
+"""The label alphabet's size: ten digits, then EOS."""
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,9 @@ from soi_batch.calibration import (
     fit_temperature,
     path_nll,
 )
-from soi_batch.engines.base import EOS_SLOT
 from soi_batch.metrics import expected_calibration_error
 from soi_batch.scorer import LabelTrie, PathSteps
-from soi_batch.taxonomy import load_taxonomy
+from soi_batch.taxonomy import EOS_SLOT, load_taxonomy
 
 
 def _sample_paths(n: int, temperature: float, seed: int, scale: float = 2.5) -> list[PathSteps]:

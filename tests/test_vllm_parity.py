@@ -94,10 +94,10 @@ def test_scorer_codes_and_probabilities_agree_on_soi_mini(mini, dtype):
     hf = HFEngine(bundle, encoder.shared_prefix_ids, encoder.label_token_ids,
                   HFEngineConfig(device="cuda", dtype=dtype))
     extra = {"attention_backend": "TRITON_ATTN"} if dtype == "float32" else {}
+    trie = LabelTrie(bundle.taxonomy.labels)
     vl = VLLMEngine(bundle, encoder.label_token_ids,
                     VLLMEngineConfig(dtype=dtype, max_model_len=512, gpu_memory_utilization=0.25, max_num_seqs=256,
-                                     extra=extra))
-    trie = LabelTrie(bundle.taxonomy.labels)
+                                     extra=extra), first_level_digits=trie.first_digits)
     cfg = ScorerConfig(beam=3)
     a = LabelScorer(hf, trie, cfg).score(prompts)
     b = LabelScorer(vl, trie, cfg).score(prompts)

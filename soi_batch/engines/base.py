@@ -15,19 +15,36 @@ Call sequence for one batch of reports::
 
 ``rows[i]`` is the report index of branch ``i`` and ``prefixes[i]`` the label token ids
 already chosen (all branches of one call have the same length).
+
+An engine class also says how it is built and what it supports: ``options_type`` (its typed
+options, what ``ClassifierConfig.engine_options`` is converted to), ``build`` (the engine from
+:class:`EngineInputs` and those options) and ``supports_concurrent_batches`` /
+``default_concurrent_batches``.  :mod:`soi_batch.engines.registry` maps engine names to classes.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 
-N_LABEL_TOKENS = 11
-"""Digits 0-9 then EOS, in this order, in every ``label_token_ids`` and score row."""
-EOS_SLOT = 10
+from soi_batch.bundle import ModelBundle
+
+
+@dataclass(frozen=True)
+class EngineInputs:
+    """What every engine is built from besides its options: the bundle and the label contract."""
+
+    bundle: ModelBundle
+    shared_prefix_ids: tuple[int, ...]
+    """Token ids every prompt starts with (the template's shared prefix)."""
+    label_token_ids: tuple[int, ...]
+    """Token ids of the label alphabet (:data:`soi_batch.taxonomy.LABEL_DIGITS`, then EOS)."""
+    first_digits: tuple[int, ...]
+    """Digits a label may start with: the label trie's divisions (1-9 for OIICS)."""
 
 
 class Engine(ABC):
@@ -35,6 +52,26 @@ class Engine(ABC):
 
     label_token_ids: tuple[int, ...]
     """Token ids of ``"0"``..``"9"`` (as they follow the prompt) and of EOS: 11 ids."""
+    options_type: ClassVar[type[Any]]
+    """The engine's typed options (a frozen dataclass checked on construction)."""
+    supports_concurrent_batches: ClassVar[bool] = False
+    """True when threads may run several batches through one engine at once; False when the
+    engine schedules its own batches (``ClassifierConfig.concurrent_batches`` must then be 1)."""
+
+    @classmethod
+    @abstractmethod
+    def build(cls, inputs: EngineInputs, options: Any) -> Engine:
+        """The engine for ``inputs``, loaded with ``options`` (an instance of ``options_type``)."""
+
+    @classmethod
+    def default_concurrent_batches(cls, device_type: str) -> int:
+        """Batches in flight at once when the user does not say, on a ``device_type`` ("cpu", "cuda")."""
+        return 1
+
+    @property
+    @abstractmethod
+    def device_type(self) -> str:
+        """Where the engine runs: "cpu" or "cuda"."""
 
     @abstractmethod
     def prefill(self, prompts: Sequence[Sequence[int]]) -> tuple[Any, np.ndarray]:

@@ -15,13 +15,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
 from soi_batch.bundle import ModelBundle
-from soi_batch.engines.base import N_LABEL_TOKENS, Engine
+from soi_batch.engines.base import Engine, EngineInputs
+from soi_batch.engines.threads import set_torch_threads
 from soi_batch.errors import BundleError, ConfigError
+from soi_batch.taxonomy import LABEL_DIGITS, N_LABEL_TOKENS
 
 log = logging.getLogger(__name__)
 _CPU_ATTENTION = "soi_sdpa_gqa"
@@ -60,7 +62,9 @@ class HFEngineConfig:
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """"auto": bfloat16 on GPU, float32 on CPU."""
     num_threads: int | None = None
-    """torch intra-op threads on CPU (None: torch's default)."""
+    """torch intra-op threads on CPU (None: torch's default, or what the Ray actor or Spark task
+    set).  Process-wide: :meth:`HFEngine.build` sets them for the whole process
+    (:func:`~soi_batch.engines.threads.set_torch_threads`) when the engine runs on the CPU."""
     quantization: Literal["fp8", "int8"] | None = None
     """"fp8": linear layers of the decoder blocks in FP8 with rowwise scales (dynamic W8A8,
     ``soi_batch.engines.fp8``); for GPUs with FP8 tensor cores (compute capability ≥ 8.9).
@@ -99,19 +103,42 @@ class _Batch:
     """(row, label prefix) → KV slot of that prefix's last token."""
 
 
+def resolve_device(device: str) -> str:
+    """``device`` with "auto" replaced: "cuda" when torch sees a GPU, else "cpu"."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 class HFEngine(Engine):
+    options_type: ClassVar[type[HFEngineConfig]] = HFEngineConfig
+    supports_concurrent_batches: ClassVar[bool] = True
+
+    @classmethod
+    def build(cls, inputs: EngineInputs, options: HFEngineConfig) -> HFEngine:
+        """The engine for ``inputs``; sets torch's threads first when ``options.num_threads`` asks (CPU)."""
+        if options.num_threads is not None and resolve_device(options.device) == "cpu":
+            set_torch_threads(options.num_threads)
+        return cls(inputs.bundle, inputs.shared_prefix_ids, inputs.label_token_ids, options,
+                   first_level_digits=inputs.first_digits)
+
+    @classmethod
+    def default_concurrent_batches(cls, device_type: str) -> int:
+        """2 on a GPU (it runs one batch while the CPU prepares and decodes the other), else 1."""
+        return 2 if device_type == "cuda" else 1
+
     def __init__(self, bundle: ModelBundle, shared_prefix_ids: Sequence[int], label_token_ids: Sequence[int],
-                 config: HFEngineConfig = HFEngineConfig(), *, first_level_digits: Sequence[int] = range(10)) -> None:
+                 config: HFEngineConfig = HFEngineConfig(), *,
+                 first_level_digits: Sequence[int] = range(len(LABEL_DIGITS))) -> None:
         """``first_level_digits``: the digits a code may start with; their branches are scored
         in the same forward pass as the prompt (the trie's root children: 1-9 for OIICS)."""
         import torch
         from transformers import AutoConfig, AutoModelForCausalLM
 
         self._torch = torch
-        if config.device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        else:
-            device = config.device
+        device = resolve_device(config.device)
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError(f"device {config.device!r} asked for but torch sees no CUDA GPU; use device='cpu'")
         if config.quantization == "int8" and device != "cpu":
@@ -119,8 +146,6 @@ class HFEngine(Engine):
                               f"{config.device!r} to {device!r}: use quantization='fp8' on a GPU (or none), "
                               "or set device='cpu'")
         dtype_name = config.dtype if config.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
-        if config.num_threads and device == "cpu":
-            torch.set_num_threads(config.num_threads)
         self.device = torch.device(device)
         self.dtype = getattr(torch, dtype_name)
         try:
@@ -168,6 +193,10 @@ class HFEngine(Engine):
     @property
     def max_prompt_tokens(self) -> int:
         return self._max_positions - 8
+
+    @property
+    def device_type(self) -> str:
+        return self.device.type
 
     def _new_cache(self) -> Any:
         from transformers import DynamicCache

@@ -10,9 +10,10 @@ How it maps the engine interface onto vLLM 0.26:
   by its branch requests (in full KV blocks of ``block_size`` tokens: the prompt's last,
   partial block is recomputed by each branch).
 * ``prefetch_slots``: the label digits whose one-token branches are sent together with the
-  prompts in ``prefill`` (default: the nine OIICS divisions, which the scorer always
-  expands).  One scheduling pass then runs a report's prompt and its division branches in
-  the same steps, and ``extend`` answers those branches from memory.
+  prompts in ``prefill`` (default: the label trie's divisions, the first digits a label may
+  start with, which the scorer always expands).  One scheduling pass then runs a report's
+  prompt and its division branches in the same steps, and ``extend`` answers those branches
+  from memory.
 
 vLLM is imported only in the constructor: CPU installs never need it.
 """
@@ -22,17 +23,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
 from soi_batch.bundle import ModelBundle
-from soi_batch.engines.base import N_LABEL_TOKENS, Engine
+from soi_batch.engines.base import Engine, EngineInputs
 from soi_batch.errors import BundleError, ConfigError
+from soi_batch.taxonomy import LABEL_DIGITS, N_LABEL_TOKENS
 
 log = logging.getLogger(__name__)
-
-OIICS_DIVISION_SLOTS = tuple(range(1, 10))
 
 
 @dataclass(frozen=True)
@@ -53,16 +53,25 @@ class VLLMEngineConfig:
     load_format: str = "auto"
     """"dummy" gives random weights of the bundle's shape (benchmarks only)."""
     seed: int = 0
-    prefetch_slots: tuple[int, ...] = OIICS_DIVISION_SLOTS
-    """Label slots (digits) scored together with each prompt in ``prefill``; () disables."""
+    prefetch_slots: tuple[int, ...] | None = None
+    """Label slots (digits) scored together with each prompt in ``prefill``; () disables.
+    None: the digits a label may start with (:func:`prefetch_digits`)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Further keyword arguments for ``vllm.LLM`` (e.g. ``attention_backend``)."""
 
     def __post_init__(self) -> None:
         if self.quantization not in (None, "fp8"):
             raise ConfigError(f"quantization must be None or 'fp8', got {self.quantization!r}")
-        if any(not 0 <= s < 10 for s in self.prefetch_slots):
-            raise ConfigError(f"prefetch_slots are digit slots 0..9, got {self.prefetch_slots!r}")
+        if self.prefetch_slots is not None and any(not 0 <= s < len(LABEL_DIGITS) for s in self.prefetch_slots):
+            raise ConfigError(f"prefetch_slots are digit slots 0..{len(LABEL_DIGITS) - 1}, got {self.prefetch_slots!r}")
+
+
+def prefetch_digits(config: VLLMEngineConfig, first_level_digits: Sequence[int]) -> tuple[int, ...]:
+    """The digits whose branches ``prefill`` sends with each prompt: ``config.prefetch_slots``, or
+    (None) ``first_level_digits``, the label trie's divisions, which the scorer always expands."""
+    if config.prefetch_slots is not None:
+        return tuple(config.prefetch_slots)
+    return tuple(int(d) for d in first_level_digits)
 
 
 @dataclass
@@ -73,8 +82,18 @@ class _Handle:
 
 
 class VLLMEngine(Engine):
+    options_type: ClassVar[type[VLLMEngineConfig]] = VLLMEngineConfig
+    supports_concurrent_batches: ClassVar[bool] = False  # vLLM schedules its own batches
+
+    @classmethod
+    def build(cls, inputs: EngineInputs, options: VLLMEngineConfig) -> VLLMEngine:
+        return cls(inputs.bundle, inputs.label_token_ids, options, first_level_digits=inputs.first_digits)
+
     def __init__(self, bundle: ModelBundle | str, label_token_ids: Sequence[int],
-                 config: VLLMEngineConfig = VLLMEngineConfig()) -> None:
+                 config: VLLMEngineConfig = VLLMEngineConfig(), *,
+                 first_level_digits: Sequence[int] = range(len(LABEL_DIGITS))) -> None:
+        """``first_level_digits``: the digits a label may start with (the trie's divisions); their
+        branches are prefetched unless ``config.prefetch_slots`` names others."""
         try:
             from vllm import LLM, SamplingParams
         except ImportError as exc:
@@ -87,13 +106,14 @@ class VLLMEngine(Engine):
         if len(self.label_token_ids) != N_LABEL_TOKENS:
             raise ValueError(f"need {N_LABEL_TOKENS} label token ids (digits 0-9 then EOS), got {len(self.label_token_ids)}")
         path = str(bundle.path if isinstance(bundle, ModelBundle) else bundle)
-        kwargs: dict[str, Any] = dict(
-            model=path, dtype=config.dtype, quantization=config.quantization, skip_tokenizer_init=True,
-            enable_prefix_caching=config.enable_prefix_caching, max_model_len=config.max_model_len,
-            max_num_batched_tokens=config.max_num_batched_tokens, max_num_seqs=config.max_num_seqs,
-            gpu_memory_utilization=config.gpu_memory_utilization, enforce_eager=config.enforce_eager,
-            tensor_parallel_size=config.tensor_parallel_size, load_format=config.load_format, seed=config.seed,
-        )
+        kwargs: dict[str, Any] = {
+            "model": path, "dtype": config.dtype, "quantization": config.quantization, "skip_tokenizer_init": True,
+            "enable_prefix_caching": config.enable_prefix_caching, "max_model_len": config.max_model_len,
+            "max_num_batched_tokens": config.max_num_batched_tokens, "max_num_seqs": config.max_num_seqs,
+            "gpu_memory_utilization": config.gpu_memory_utilization, "enforce_eager": config.enforce_eager,
+            "tensor_parallel_size": config.tensor_parallel_size, "load_format": config.load_format,
+            "seed": config.seed,
+        }
         if config.block_size is not None:
             kwargs["block_size"] = config.block_size
         kwargs.update(config.extra)
@@ -105,13 +125,17 @@ class VLLMEngine(Engine):
             max_tokens=1, temperature=0.0, detokenize=False, logprob_token_ids=list(self.label_token_ids),
         )
         self._slot_of = {t: i for i, t in enumerate(self.label_token_ids)}
-        self._prefetch = [(self.label_token_ids[s],) for s in config.prefetch_slots]
+        self._prefetch = [(self.label_token_ids[d],) for d in prefetch_digits(config, first_level_digits)]
         log.info("vLLM engine: %s (%s, quantization=%s, prefix caching=%s)", path, config.dtype,
                  config.quantization, config.enable_prefix_caching)
 
     @property
     def max_prompt_tokens(self) -> int:
         return self.config.max_model_len - 8
+
+    @property
+    def device_type(self) -> str:
+        return "cuda"
 
     def _run(self, sequences: list[list[int]]) -> np.ndarray:
         """Label-token logprobs ``[len(sequences), 11]`` at the position after each sequence."""
