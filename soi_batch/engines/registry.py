@@ -92,12 +92,13 @@ def engine_options(name: str, options: Mapping[str, Any], *, device: str = "auto
     try:
         return _adapter(options_type).validate_python(values)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}={e.get('input')!r}: {e['msg']}"
-                             for e in exc.errors())
+        errors = exc.errors()
+        own = [e["ctx"]["error"] for e in errors if isinstance(e.get("ctx", {}).get("error"), ConfigError)]
+        if own:  # the options type's own checks (__post_init__ raises ConfigError, a ValueError)
+            raise ConfigError(f"engine {name!r}: {own[0]}") from None
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}={e.get('input')!r}: {e['msg']}" for e in errors)
         raise ConfigError(f"engine {name!r} option {problems}; its options are: "
                           f"{', '.join(sorted(known))}") from None
-    except ConfigError as exc:  # the options type's own checks (__post_init__)
-        raise ConfigError(f"engine {name!r}: {exc}") from exc
 
 
 def build_engine(name: str, inputs: EngineInputs, options: Any) -> Engine:
