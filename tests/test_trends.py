@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from soi_batch.errors import ConfigError, InputSchemaError
-from soi_batch.trends.analysis import (
+from soi_batch.trends import (
     aggregate_trends,
     naics_sector,
     poisson1_weights,
