@@ -10,8 +10,14 @@ import pandas as pd
 import pytest
 
 from soi_batch.datasets.osha import split_osha
-from soi_batch.evaluation.baseline import BaselineConfig, TfidfBaseline
-from soi_batch.evaluation.runner import EvaluationConfig, clean_label, evaluate, load_eval_data
+from soi_batch.evaluation import (
+    BaselineConfig,
+    EvaluationConfig,
+    TfidfBaseline,
+    clean_label,
+    evaluate,
+    load_eval_data,
+)
 
 QUICK = BaselineConfig(max_features=5000, max_iter=100, max_train=1500, seed=0)
 
@@ -133,7 +139,7 @@ def test_evaluate_writes_the_report(tiny_bundle: Path, osha: pd.DataFrame, tmp_p
 
 def test_baseline_on_train_plus_validation(parts: dict[str, pd.DataFrame]) -> None:
     from soi_batch.errors import ConfigError
-    from soi_batch.evaluation.baseline import osha_baseline_rows
+    from soi_batch.evaluation import osha_baseline_rows
 
     both = osha_baseline_rows(BaselineConfig(train_on="train+validation", level_strategy="derived"), parts)
     assert len(both) == len(parts["train"]) + len(parts["validation"])
