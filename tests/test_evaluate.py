@@ -20,8 +20,12 @@ from soi_batch.evaluation import (
     evaluate,
     fit_osha_baseline,
     load_eval_data,
+    plot_confusion,
+    plot_reliability,
+    plot_risk_coverage,
 )
-from soi_batch.metrics import expected_calibration_error
+from soi_batch.evaluation.report import confusion_figure, reliability_figure, risk_coverage_figure
+from soi_batch.metrics import expected_calibration_error, reliability_bins
 
 QUICK = BaselineConfig(max_features=5000, max_iter=100, max_train=1500, seed=0)
 
@@ -152,6 +156,46 @@ def test_evaluate_writes_the_report(tiny_bundle: Path, osha: pd.DataFrame, tmp_p
     again = evaluate(config, tmp_path / "again")
     assert again["baseline"]["division"] == result["baseline"]["division"]
     assert again["division"] == result["division"]
+
+
+def test_report_plots_name_divisions_show_bin_counts_and_fit_the_figure(osha: pd.DataFrame, tmp_path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from PIL import Image
+
+    truth = [c[0] for c in osha["Source"].iloc[:400]]
+    following = truth[1:] + truth[:1]  # a predictor that answers the next report's division
+    confidence = np.linspace(0.05, 1.0, 400)
+    curves = {name: {"divisions": pred, "confidence": confidence,
+                     "correct": np.array([p == t for p, t in zip(pred, truth)])}
+              for name, pred in (("model", truth[:300] + following[300:]), ("baseline", following))}
+
+    fig = confusion_figure(truth, {k: v["divisions"] for k, v in curves.items()})
+    model_ax, baseline_ax, colorbar_ax = fig.get_axes()
+    FigureCanvasAgg(fig).draw()
+    names = [t.get_text() for t in model_ax.get_yticklabels()]
+    assert names[0] == "1 Chemicals and chemical products" and names[5] == "6 Structures and surfaces"
+    assert len(names) == 9 and [n.split()[0] for n in names] == list("123456789")
+    assert (model_ax.get_title(), baseline_ax.get_title()) == ("model (n = 400)", "baseline (n = 400)")
+    assert colorbar_ax.get_ylabel() == "share of the true division's reports"
+    cells = {(round(t.get_position()[1]), round(t.get_position()[0])): int(t.get_text()) for t in model_ax.texts}
+    assert cells[(5, 5)] == sum(p == t == "6" for p, t in zip(curves["model"]["divisions"], truth))
+    assert fig.get_suptitle().startswith("Division confusion matrix")
+    drawn, page = fig.get_tightbbox(), fig.bbox_inches  # every title, label and the colour bar fit the page
+    assert page.x0 <= drawn.x0 and drawn.x1 <= page.x1 and page.y0 <= drawn.y0 and drawn.y1 <= page.y1
+
+    fig = reliability_figure(curves)
+    accuracy_ax, count_ax = fig.get_axes()
+    bins = reliability_bins(confidence, curves["model"]["correct"])
+    assert [bar.get_height() for bar in count_ax.patches[:15]] == bins["count"].tolist()
+    assert sum(bar.get_height() for bar in count_ax.patches) == 2 * 400
+    assert count_ax.get_ylim()[0] == 0 and count_ax.get_ylabel() == "reports in bin"
+    assert accuracy_ax.get_legend() is None and len(fig.legends) == 1  # below the plot, not on the data
+    assert risk_coverage_figure(curves).get_axes()[0].get_ylim()[0] == 0
+
+    plot_confusion(truth, {k: v["divisions"] for k, v in curves.items()}, tmp_path / "c.png")
+    plot_reliability(curves, tmp_path / "r.png")
+    plot_risk_coverage(curves, tmp_path / "rc.png")
+    assert all(min(Image.open(tmp_path / n).info["dpi"]) >= 120 for n in ("c.png", "r.png", "rc.png"))
 
 
 def test_baseline_on_train_plus_validation(parts: dict[str, pd.DataFrame]) -> None:

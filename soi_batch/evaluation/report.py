@@ -12,11 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.figure import Figure
 from sklearn.metrics import confusion_matrix
 
-from soi_batch.metrics import COVERAGES, lookup, reliability_bins, risk_coverage
+from soi_batch.metrics import COVERAGES, ECE_BINS, lookup, reliability_bins, risk_coverage
+from soi_batch.taxonomy import load_taxonomy
 
 DIVISIONS = tuple("123456789")
+PNG_DPI = 150
 
 
 def write_evaluation_report(result: dict[str, Any], true_divisions: Sequence[str],
@@ -48,56 +51,71 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def _figure(ncols: int = 1, width: float = 5.5, height: float = 4.5):
-    from matplotlib.figure import Figure
+def division_names() -> dict[str, str]:
+    """``"6"`` -> ``"6 Structures and surfaces"`` for the nine OIICS source divisions."""
+    taxonomy = load_taxonomy()
+    return {d: f"{d} {taxonomy.title(d).capitalize()}" for d in DIVISIONS}
 
-    fig = Figure(figsize=(width * ncols, height), layout="constrained")
-    return fig, fig.subplots(1, ncols, squeeze=False)[0]
 
+def confusion_figure(y_true: Sequence[str], predictions: dict[str, Sequence[str | None]]) -> Figure:
+    """Row-normalised division confusion matrix per predictor; a ``-`` column for no answer.
 
-def plot_confusion(y_true: Sequence[str], predictions: dict[str, Sequence[str | None]], path: Path) -> None:
-    """Row-normalised division confusion matrix per predictor; a ``-`` column for no answer."""
+    Cells show counts, colour the share of the true division's reports (one colour bar for all).
+    """
     cols = list(DIVISIONS) + ["-"]
-    fig, axes = _figure(len(predictions), 5.5, 5.0)
+    names = division_names()
+    fig = Figure(figsize=(4.6 * len(predictions) + 3.4, 5.8), layout="constrained")
+    axes = fig.subplots(1, len(predictions), squeeze=False, sharey=True)[0]
+    image = None
     for ax, (name, pred) in zip(axes, predictions.items()):
         p = [d if d in DIVISIONS else "-" for d in pred]
         cm = confusion_matrix(list(y_true), p, labels=cols)[: len(DIVISIONS)]
         with np.errstate(invalid="ignore"):
             norm = cm / cm.sum(axis=1, keepdims=True)
-        ax.imshow(np.nan_to_num(norm), cmap="Blues", vmin=0, vmax=1)
+        image = ax.imshow(np.nan_to_num(norm), cmap="Blues", vmin=0, vmax=1)
         for i in range(norm.shape[0]):
             for j in range(norm.shape[1]):
                 if cm[i, j]:
                     ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
                             color="white" if norm[i, j] > 0.5 else "black")
         ax.set_xticks(range(len(cols)), cols)
-        ax.set_yticks(range(len(DIVISIONS)), DIVISIONS)
-        ax.set_xlabel("predicted division")
-        ax.set_ylabel("true division")
-        ax.set_title(f"{name}: division confusion (counts; colour = row share)", fontsize=9)
-    fig.savefig(path, dpi=110)
+        ax.set_yticks(range(len(DIVISIONS)), [names[d] for d in DIVISIONS])
+        ax.set_xlabel("predicted division (code; - = no answer)")
+        ax.set_title(f"{name} (n = {len(p)})", fontsize=10)
+    axes[0].set_ylabel("true division")
+    fig.colorbar(image, ax=list(axes), shrink=0.85, label="share of the true division's reports")
+    fig.suptitle("Division confusion matrix: counts in the cells, colour = row share", fontsize=11)
+    return fig
 
 
-def plot_reliability(curves: dict[str, dict[str, Any]], path: Path) -> None:
-    fig, axes = _figure(1)
-    ax = axes[0]
+def reliability_figure(curves: dict[str, dict[str, Any]]) -> Figure:
+    """Reliability diagram (15 equal-width bins) over a bar chart of the reports in each bin."""
+    fig = Figure(figsize=(6.5, 6.8), layout="constrained")
+    ax, counts = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect calibration")
-    for name, c in curves.items():
+    width = 1 / ECE_BINS / (len(curves) + 1)
+    for i, (name, c) in enumerate(curves.items()):
         bins = reliability_bins(c["confidence"], c["correct"])
         filled = bins["count"] > 0
-        ax.plot(bins["confidence"][filled], bins["accuracy"][filled], marker="o", label=name)
+        line, = ax.plot(bins["confidence"][filled], bins["accuracy"][filled], marker="o", label=name)
+        left = bins["edges"][:-1] + width * (i + 0.5)
+        bars = counts.bar(left, bins["count"], width=width, align="edge", color=line.get_color(), label=name)
+        counts.bar_label(bars, labels=[str(n) if n else "" for n in bins["count"]], fontsize=6)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
-    ax.set_xlabel("division confidence (bin mean, 15 equal-width bins)")
     ax.set_ylabel("division accuracy in bin")
     ax.set_title("Reliability diagram (division level)")
-    ax.legend(loc="upper left")
-    fig.savefig(path, dpi=110)
+    counts.set_ylim(0, max(1, counts.get_ylim()[1]) * 1.15)
+    counts.set_ylabel("reports in bin")
+    counts.set_xlabel(f"division confidence (bin mean, {ECE_BINS} equal-width bins)")
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=len(curves) + 1)
+    return fig
 
 
-def plot_risk_coverage(curves: dict[str, dict[str, Any]], path: Path) -> None:
-    fig, axes = _figure(1)
-    ax = axes[0]
+def risk_coverage_figure(curves: dict[str, dict[str, Any]]) -> Figure:
+    """Risk (division error rate) of the most confident share of reports, per predictor."""
+    fig = Figure(figsize=(6.5, 5.2), layout="constrained")
+    ax = fig.subplots()
     for name, c in curves.items():
         coverage, risk = risk_coverage(c["confidence"], c["correct"])
         ax.plot(coverage, risk, label=f"{name} (AURC {risk.mean():.3f})")
@@ -108,8 +126,23 @@ def plot_risk_coverage(curves: dict[str, dict[str, Any]], path: Path) -> None:
     ax.set_xlabel("coverage (most confident share auto-coded)")
     ax.set_ylabel("risk (division error rate)")
     ax.set_title("Risk-coverage (division level)")
-    ax.legend(loc="upper left")
-    fig.savefig(path, dpi=110)
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=len(curves))
+    return fig
+
+
+def plot_confusion(y_true: Sequence[str], predictions: dict[str, Sequence[str | None]], path: Path) -> None:
+    """Write :func:`confusion_figure` as a PNG."""
+    confusion_figure(y_true, predictions).savefig(path, dpi=PNG_DPI)
+
+
+def plot_reliability(curves: dict[str, dict[str, Any]], path: Path) -> None:
+    """Write :func:`reliability_figure` as a PNG."""
+    reliability_figure(curves).savefig(path, dpi=PNG_DPI)
+
+
+def plot_risk_coverage(curves: dict[str, dict[str, Any]], path: Path) -> None:
+    """Write :func:`risk_coverage_figure` as a PNG."""
+    risk_coverage_figure(curves).savefig(path, dpi=PNG_DPI)
 
 
 def _fmt(value: Any) -> str:
