@@ -280,6 +280,23 @@ def test_read_classified_reads_only_needed_columns(osha: pd.DataFrame, tmp_path:
     assert t.column_names == ["EventDate", "division_probs"]
 
 
+
+def test_read_classified_csv_parses_probability_maps_and_empty_fields(osha: pd.DataFrame, tmp_path: Path) -> None:
+    frame = onehot_osha(osha.iloc[:3]).to_pandas()
+    frame["division_probs"] = [pd.io.json.ujson_dumps(dict(m)) for m in frame["division_probs"]]
+    frame.loc[1, "State"] = ""
+    frame.loc[2, "division_probs"] = ""
+    frame["error"] = ["", "scoring failed", ""]
+    frame.to_csv(tmp_path / "c.csv", index=False, encoding="cp1252")
+    t = read_classified(tmp_path / "c.csv", columns=["State", "division_code", "division_probs", "error"])
+    assert t.schema.field("division_probs").type == pa.map_(pa.string(), pa.float64())
+    assert t.column("division_probs").to_pylist()[:2] == [[(c[0], 1.0)] for c in osha["Source"].iloc[:2]]
+    assert t.column("division_probs")[2].as_py() is None
+    assert t.column("State").to_pylist() == [osha["State"].iloc[0], None, osha["State"].iloc[2]]
+    assert t.column("error").to_pylist() == [None, "scoring failed", None]
+    assert t.column("division_code").to_pylist() == osha["Source"].iloc[:3].str[0].tolist()
+
+
 @pytest.mark.slow
 def test_100k_rows_runtime() -> None:
     rng = np.random.default_rng(1)
