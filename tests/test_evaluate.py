@@ -3,15 +3,29 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from soi_batch.classifier import Classifier, ClassifierConfig
 from soi_batch.datasets.osha import split_osha
-from soi_batch.evaluation.baseline import BaselineConfig, TfidfBaseline
-from soi_batch.evaluation.runner import EvaluationConfig, clean_label, evaluate, load_eval_data
+from soi_batch.evaluation import (
+    BaselineConfig,
+    EvaluationConfig,
+    TfidfBaseline,
+    clean_label,
+    evaluate,
+    fit_osha_baseline,
+    load_eval_data,
+    plot_confusion,
+    plot_reliability,
+    plot_risk_coverage,
+)
+from soi_batch.evaluation.report import confusion_figure, reliability_figure, risk_coverage_figure
+from soi_batch.metrics import expected_calibration_error, reliability_bins
 
 QUICK = BaselineConfig(max_features=5000, max_iter=100, max_train=1500, seed=0)
 
@@ -112,11 +126,24 @@ def test_evaluate_writes_the_report(tiny_bundle: Path, osha: pd.DataFrame, tmp_p
         assert (out / name).stat().st_size > 0, name
     m = json.loads((out / "metrics.json").read_text())
     assert m["n"] == 59 and m["data"]["rows_without_valid_label"] == 1
-    for block in (m, m["baseline"]):
-        for key in ("division", "major_group"):
-            assert 0 <= block[key]["accuracy"] <= 1 and 0 <= block[key]["macro_f1"] <= 1
-        assert 0 <= block["code"]["accuracy"] <= 1 and 0 <= block["ece"] <= 1 and 0 <= block["aurc"] <= 1
-        assert set(block["accuracy_at_coverage"]) == {"0.5", "0.7", "0.8", "0.9"}
+    # the numbers are those of the model's and the baseline's own answers on the 59 labelled rows
+    data = load_eval_data(config)
+    truth, texts = data.labels, data.texts
+    preds = Classifier.load(str(tiny_bundle), ClassifierConfig(batch_size=64)).classify_texts(texts)
+    base = fit_osha_baseline(QUICK)[0].predict(texts)
+    answers = {"model": ([p.division_code for p in preds], [p.major_group_code for p in preds],
+                         [p.code for p in preds], [p.division_confidence for p in preds]),
+               "baseline": (base.division, base.major_group, base.code, base.division_confidence)}
+    for block, (division, major, code, confidence) in ((m, answers["model"]), (m["baseline"], answers["baseline"])):
+        correct = np.array([d == t[0] for d, t in zip(division, truth)])
+        assert block["division"]["accuracy"] == pytest.approx(correct.mean())
+        assert block["major_group"]["accuracy"] == pytest.approx(np.mean([g == t[:2] for g, t in zip(major, truth)]))
+        assert block["code"]["accuracy"] == pytest.approx(np.mean([c == t for c, t in zip(code, truth)]))
+        ranked = correct[np.argsort(-np.asarray(confidence), kind="stable")]
+        assert block["accuracy_at_coverage"] == pytest.approx(
+            {f"{c:g}": ranked[: math.ceil(c * 59)].mean() for c in (0.5, 0.7, 0.8, 0.9)})
+        assert block["aurc"] == pytest.approx(np.mean(np.cumsum(~ranked) / np.arange(1, 60)))
+        assert block["ece"] == pytest.approx(expected_calibration_error(np.asarray(confidence), correct))
     assert m["info"]["model_id"] == "tiny-random@0"
     # division accuracy recomputed from the per-class recall and support
     per_class = m["per_class_division"]
@@ -131,9 +158,49 @@ def test_evaluate_writes_the_report(tiny_bundle: Path, osha: pd.DataFrame, tmp_p
     assert again["division"] == result["division"]
 
 
+def test_report_plots_name_divisions_show_bin_counts_and_fit_the_figure(osha: pd.DataFrame, tmp_path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from PIL import Image
+
+    truth = [c[0] for c in osha["Source"].iloc[:400]]
+    following = truth[1:] + truth[:1]  # a predictor that answers the next report's division
+    confidence = np.linspace(0.05, 1.0, 400)
+    curves = {name: {"divisions": pred, "confidence": confidence,
+                     "correct": np.array([p == t for p, t in zip(pred, truth)])}
+              for name, pred in (("model", truth[:300] + following[300:]), ("baseline", following))}
+
+    fig = confusion_figure(truth, {k: v["divisions"] for k, v in curves.items()})
+    model_ax, baseline_ax, colorbar_ax = fig.get_axes()
+    FigureCanvasAgg(fig).draw()
+    names = [t.get_text() for t in model_ax.get_yticklabels()]
+    assert names[0] == "1 Chemicals and chemical products" and names[5] == "6 Structures and surfaces"
+    assert len(names) == 9 and [n.split()[0] for n in names] == list("123456789")
+    assert (model_ax.get_title(), baseline_ax.get_title()) == ("model (n = 400)", "baseline (n = 400)")
+    assert colorbar_ax.get_ylabel() == "share of the true division's reports"
+    cells = {(round(t.get_position()[1]), round(t.get_position()[0])): int(t.get_text()) for t in model_ax.texts}
+    assert cells[(5, 5)] == sum(p == t == "6" for p, t in zip(curves["model"]["divisions"], truth))
+    assert fig.get_suptitle().startswith("Division confusion matrix")
+    drawn, page = fig.get_tightbbox(), fig.bbox_inches  # every title, label and the colour bar fit the page
+    assert page.x0 <= drawn.x0 and drawn.x1 <= page.x1 and page.y0 <= drawn.y0 and drawn.y1 <= page.y1
+
+    fig = reliability_figure(curves)
+    accuracy_ax, count_ax = fig.get_axes()
+    bins = reliability_bins(confidence, curves["model"]["correct"])
+    assert [bar.get_height() for bar in count_ax.patches[:15]] == bins["count"].tolist()
+    assert sum(bar.get_height() for bar in count_ax.patches) == 2 * 400
+    assert count_ax.get_ylim()[0] == 0 and count_ax.get_ylabel() == "reports in bin"
+    assert accuracy_ax.get_legend() is None and len(fig.legends) == 1  # below the plot, not on the data
+    assert risk_coverage_figure(curves).get_axes()[0].get_ylim()[0] == 0
+
+    plot_confusion(truth, {k: v["divisions"] for k, v in curves.items()}, tmp_path / "c.png")
+    plot_reliability(curves, tmp_path / "r.png")
+    plot_risk_coverage(curves, tmp_path / "rc.png")
+    assert all(min(Image.open(tmp_path / n).info["dpi"]) >= 120 for n in ("c.png", "r.png", "rc.png"))
+
+
 def test_baseline_on_train_plus_validation(parts: dict[str, pd.DataFrame]) -> None:
     from soi_batch.errors import ConfigError
-    from soi_batch.evaluation.baseline import osha_baseline_rows
+    from soi_batch.evaluation import osha_baseline_rows
 
     both = osha_baseline_rows(BaselineConfig(train_on="train+validation", level_strategy="derived"), parts)
     assert len(both) == len(parts["train"]) + len(parts["validation"])

@@ -8,6 +8,7 @@ import pytest
 from transformers import AutoTokenizer, MistralForCausalLM
 
 from soi_batch.bundle import load_bundle
+from soi_batch.classifier import Classifier, ClassifierConfig
 from soi_batch.datasets.osha import LABEL_COL, TEXT_COL, load_split
 from soi_batch.prompt import PromptTemplate
 from soi_batch.taxonomy import load_taxonomy
@@ -50,7 +51,12 @@ def test_tiny_training_produces_loadable_bundle(tmp_path) -> None:
     assert bundle.manifest.labels == list(load_taxonomy().labels)
     assert bundle.manifest.training["command"].startswith("python -m training.mini.train")
     assert bundle.manifest.data_fingerprint == load_split()[1]
-    assert 0.0 <= summary["validation"]["division_acc"] <= 1.0
+    # the quick metric is the official scorer's division accuracy: the bundle classifies the same rows
+    val = load_split()[0]["validation"].head(TINY.max_rows)
+    preds = Classifier.load(bundle.path, ClassifierConfig(engine="hf", device="cpu")).classify_texts(
+        val[TEXT_COL].tolist())
+    agree = [p.division_code == code[0] for p, code in zip(preds, val[LABEL_COL])]
+    assert summary["validation"]["division_acc"] == pytest.approx(sum(agree) / len(agree))
     tok = AutoTokenizer.from_pretrained(bundle.path)
     prompt = bundle.prompt.render("Employee fell from a ladder and broke his arm.")
     check_label_contract(tok, prompt, ["8621", "66", "9999"])

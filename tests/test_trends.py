@@ -12,9 +12,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 from soi_batch.errors import ConfigError, InputSchemaError
-from soi_batch.trends.analysis import (
+from soi_batch.trends import (
     aggregate_trends,
     naics_sector,
     poisson1_weights,
@@ -22,6 +23,8 @@ from soi_batch.trends.analysis import (
     trend_tests,
     trends_from_spark,
 )
+from soi_batch.trends.data import NAICS_SECTOR_TITLES
+from soi_batch.trends.report import group_label, trend_figure
 
 DIVISIONS = [str(i) for i in range(1, 10)]
 PREVALENCE = np.array([0.05, 0.05, 0.15, 0.10, 0.05, 0.30, 0.10, 0.15, 0.05])
@@ -243,15 +246,55 @@ def test_cli_writes_report(osha: pd.DataFrame, tmp_path: Path, fmt: str) -> None
     assert trends.drop_duplicates(["naics_sector", "period"])["reports"].sum() == table.num_rows
     tests = pd.read_csv(out / "trend_tests.csv", dtype={"code": str})
     assert {"p_value", "q_value", "direction", "rate_ratio_per_year"} <= set(tests.columns)
+    assert all(min(Image.open(p).info["dpi"]) >= 120 for p in pngs)
     page = (out / "report.html").read_text(encoding="utf-8")
     assert page.count('src="data:image/png;base64,') == 2
+    # the charted sectors are named, not only coded
+    named = re.findall(r"<h3>naics_sector=([0-9-]+) \(([^)<]+)\)</h3>", page)
+    assert len(named) == 2 and all(NAICS_SECTOR_TITLES[code] == title for code, title in named)
     assert not re.search(r"<script|<link|(src|href)=\"(?!data:)", page)  # self-contained
+
+
+def test_trend_chart_names_sectors_counts_from_zero_and_keeps_the_legend_off_the_data(osha: pd.DataFrame) -> None:
+    df = aggregate_trends(onehot_osha(osha.iloc[::4]), date_col="EventDate", date_format="%m/%d/%Y", by="quarter",
+                          naics_sector_from="Primary NAICS", n_boot=20)
+    assert group_label("State=TEXAS, naics_sector=48-49") == (
+        "State=TEXAS, naics_sector=48-49 (Transportation and Warehousing)")
+    assert group_label("naics_sector=unknown") == "naics_sector=unknown"
+    part = df[df["naics_sector"] == "23"]
+    fig = trend_figure(part, 3, df.attrs["params"], group_label("naics_sector=23"))
+    assert fig.get_suptitle().startswith("naics_sector=23 (Construction): top 3 division codes")
+    axes = fig.get_axes()
+    assert len(axes) == 6 and all(ax.get_ylim()[0] == 0 for ax in axes)
+    top = part.groupby("code")["expected_count"].sum().sort_values(ascending=False, kind="stable").index[:3]
+    assert [ax.get_title() for ax in axes[::2]] == [
+        f"{c} {part.loc[part.code == c, 'title'].iloc[0].capitalize()}: count" for c in top]
+    assert all(ax.get_legend() is None for ax in axes) and len(fig.legends) == 1  # below the charts, not on them
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == [
+        "95% interval", "expected (sum of probabilities)", "arg-max count"]
 
 
 def test_read_classified_reads_only_needed_columns(osha: pd.DataFrame, tmp_path: Path) -> None:
     pq.write_table(onehot_osha(osha.iloc[:100]), tmp_path / "c.parquet")
     t = read_classified(tmp_path / "c.parquet", columns=["EventDate", "division_probs", "nope"])
     assert t.column_names == ["EventDate", "division_probs"]
+
+
+
+def test_read_classified_csv_parses_probability_maps_and_empty_fields(osha: pd.DataFrame, tmp_path: Path) -> None:
+    frame = onehot_osha(osha.iloc[:3]).to_pandas()
+    frame["division_probs"] = [pd.io.json.ujson_dumps(dict(m)) for m in frame["division_probs"]]
+    frame.loc[1, "State"] = ""
+    frame.loc[2, "division_probs"] = ""
+    frame["error"] = ["", "scoring failed", ""]
+    frame.to_csv(tmp_path / "c.csv", index=False, encoding="cp1252")
+    t = read_classified(tmp_path / "c.csv", columns=["State", "division_code", "division_probs", "error"])
+    assert t.schema.field("division_probs").type == pa.map_(pa.string(), pa.float64())
+    assert t.column("division_probs").to_pylist()[:2] == [[(c[0], 1.0)] for c in osha["Source"].iloc[:2]]
+    assert t.column("division_probs")[2].as_py() is None
+    assert t.column("State").to_pylist() == [osha["State"].iloc[0], None, osha["State"].iloc[2]]
+    assert t.column("error").to_pylist() == [None, "scoring failed", None]
+    assert t.column("division_code").to_pylist() == osha["Source"].iloc[:3].str[0].tolist()
 
 
 @pytest.mark.slow

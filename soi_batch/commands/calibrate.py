@@ -30,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from soi_batch.calibration import calibrate_bundle
-    from soi_batch.evaluation.runner import EvaluationConfig, load_eval_data
+    from soi_batch.evaluation import EvaluationConfig, load_eval_data
 
     data = load_eval_data(EvaluationConfig(data="osha-sir", split="validation", limit=args.limit, seed=args.seed))
     if args.write_to is None and isinstance(NAMED_MODELS.get(args.model), AdapterModel):

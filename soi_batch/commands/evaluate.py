@@ -35,8 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from soi_batch.evaluation.baseline import BaselineConfig
-    from soi_batch.evaluation.runner import EvaluationConfig, evaluate
+    from soi_batch.evaluation import BaselineConfig, EvaluationConfig, evaluate
     from soi_batch.metrics import lookup
 
     level = args.baseline_division or ("best" if args.baseline_train == "train" else "derived")

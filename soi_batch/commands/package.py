@@ -32,7 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="dtype of the base the adapter is merged into (default: %(default)s)")
     p.add_argument("--device", default="cpu", help="where to merge: cpu or cuda (default: %(default)s)")
     p.add_argument("--evaluate", action="store_true",
-                   help="evaluate the new bundle (soi_batch.evaluation.runner) and store the headline metrics in its manifest")
+                   help="evaluate the new bundle (soi_batch.evaluation) and store the headline metrics in its manifest")
     p.add_argument("--eval-data", default="osha-sir", help="labelled data for --evaluate (default: %(default)s, test split)")
     p.add_argument("--eval-limit", type=int, default=None, help="evaluate a seeded sample of N reports")
     p.add_argument("--eval-report", default=None, help="report directory (default: BUNDLE-eval)")
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     bundle = package(args.base, args.adapter, args.out, cfg)
     print(f"wrote bundle {bundle.model_id} to {bundle.path}")
     if args.evaluate:
-        from soi_batch.evaluation.runner import EvaluationConfig, evaluate
+        from soi_batch.evaluation import EvaluationConfig, evaluate
 
         report = Path(args.eval_report or f"{Path(args.out).resolve()}-eval")
         evaluate(EvaluationConfig(data=args.eval_data, model=str(bundle.path), limit=args.eval_limit,

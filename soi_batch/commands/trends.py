@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from soi_batch.trends.analysis import (
+from soi_batch.trends import (
     DEFAULT_NAICS_COL,
     LEVELS,
     PERIODS,
@@ -19,8 +19,8 @@ from soi_batch.trends.analysis import (
     needed_columns,
     read_classified,
     trend_tests,
+    write_trend_report,
 )
-from soi_batch.trends.report import write_trend_report
 
 log = logging.getLogger(__name__)
 

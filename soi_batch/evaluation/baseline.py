@@ -34,6 +34,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import FeatureUnion
 
+from soi_batch.datasets.osha import load_split
 from soi_batch.errors import ConfigError
 from soi_batch.prompt import normalize_narrative
 
@@ -236,9 +237,7 @@ def fit_osha_baseline(config: BaselineConfig = BaselineConfig()) -> tuple[TfidfB
 
     Returns the fitted baseline and a provenance record (rows, train size, split fingerprint, seconds).
     """
-    from soi_batch.evaluation.runner import load_osha_split
-
-    parts, fingerprint = load_osha_split()
+    parts, fingerprint = load_split()
     train, validation = osha_baseline_rows(config, parts), parts["validation"]
     text, label = "Final Narrative", "Source"
     start = time.perf_counter()

@@ -28,7 +28,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from soi_batch.trends.data import NAICS_SECTOR_COL, NAICS_SECTOR_TITLES
+
 log = logging.getLogger(__name__)
+PNG_DPI = 150
 
 _CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;color:#222;max-width:1150px}
@@ -70,9 +73,10 @@ def write_trend_report(
     tests.to_csv(paths["trend_tests_csv"], index=False)
 
     charts: list[tuple[str, Path]] = []
-    for label, part in _top_groups(trends, groups, max_groups):
-        name = "charts/trend_" + (_slug(label) if groups else "all") + ".png"
-        _chart(part, top_codes, params, label, out / name)
+    for key, part in _top_groups(trends, groups, max_groups):
+        name = "charts/trend_" + (_slug(key) if groups else "all") + ".png"
+        label = group_label(key)
+        trend_figure(part, top_codes, params, label).savefig(out / name, dpi=PNG_DPI)
         charts.append((label, out / name))
     for i, (_, p) in enumerate(charts):
         paths[f"chart_{i}"] = p
@@ -101,7 +105,15 @@ def _top_groups(trends: pd.DataFrame, groups: list[str], max_groups: int) -> lis
     return out
 
 
-def _chart(part: pd.DataFrame, top_codes: int, params: dict[str, Any], label: str, path: Path) -> None:
+def group_label(key: str) -> str:
+    """A group's label with NAICS sectors named: ``naics_sector=23`` -> ``naics_sector=23 (Construction)``."""
+    return re.sub(rf"\b{NAICS_SECTOR_COL}=([0-9-]+)",
+                  lambda m: f"{m.group(0)} ({NAICS_SECTOR_TITLES[m.group(1)]})" if m.group(1) in NAICS_SECTOR_TITLES
+                  else m.group(0), key)
+
+
+def trend_figure(part: pd.DataFrame, top_codes: int, params: dict[str, Any], label: str) -> Figure:
+    """The ``top_codes`` codes of one group over time: counts (left) and shares (right), both from zero."""
     totals = part.groupby("code")["expected_count"].sum().sort_values(ascending=False, kind="stable")
     codes = list(totals.index[:top_codes])
     periods = sorted(part[["ordinal", "period"]].drop_duplicates().itertuples(index=False))
@@ -109,9 +121,7 @@ def _chart(part: pd.DataFrame, top_codes: int, params: dict[str, Any], label: st
     step = max(1, len(periods) // 8)
     level = params.get("level", "")
     nrows = max(1, len(codes))
-    fig = Figure(figsize=(11, 2.1 * nrows + 0.9))
-    fig.subplots_adjust(left=0.07, right=0.98, top=1 - 0.75 / (2.1 * nrows + 0.9), bottom=0.5 / (2.1 * nrows + 0.9),
-                        hspace=0.55, wspace=0.18)
+    fig = Figure(figsize=(11, 2.1 * nrows + 1.4), layout="constrained")
     axes = fig.subplots(nrows, 2, squeeze=False, sharex=True)
     pct = round(100 * (1 - params.get("alpha", 0.05)))
     for row, code in enumerate(codes):
@@ -129,14 +139,14 @@ def _chart(part: pd.DataFrame, top_codes: int, params: dict[str, Any], label: st
             ax.plot(x, d[arg].to_numpy(), color="tab:orange", ls="--", marker="x", ms=3, label="arg-max count")
             ax.set_title(f"{title}: {'count' if col == 0 else 'share'}", fontsize=9)
             ax.set_ylabel(ylab, fontsize=8)
+            ax.set_ylim(bottom=0)
             ax.tick_params(labelsize=7)
             ax.grid(alpha=0.3)
             ax.set_xticks(range(0, len(periods), step), [p for _, p in periods][::step])
-            if row == 0 and col == 0:
-                ax.legend(fontsize=7, loc="best")
     fig.suptitle(f"{label}: top {len(codes)} {level.replace('_', ' ')} codes by {params.get('by', '')}",
                  fontsize=11)
-    fig.savefig(path, dpi=80)
+    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="outside lower center", ncols=3, fontsize=8)
+    return fig
 
 
 def _slug(s: str) -> str:
@@ -165,6 +175,9 @@ def _html(trends: pd.DataFrame, tests: pd.DataFrame, charts: list[tuple[str, Pat
     cols = [*groups, "code", "title", "n_periods", "expected_total", "argmax_total", "rate ratio / year (CI)",
             "p_value", "q_value", "direction", "direction_argmax", "note"]
     shown = shown[[c for c in cols if c in shown.columns]].head(60)
+    if NAICS_SECTOR_COL in shown.columns:
+        shown[NAICS_SECTOR_COL] = [f"{v} {NAICS_SECTOR_TITLES[v]}" if v in NAICS_SECTOR_TITLES else v
+                                   for v in shown[NAICS_SECTOR_COL]]
     totals = (trends.groupby(["code", "title"], as_index=False)[["argmax_count", "expected_count"]].sum()
               .sort_values("expected_count", ascending=False))
     totals["title"] = totals["title"].str.capitalize()

@@ -74,7 +74,7 @@ OSHA Severe Injury Reports 2015-2016 bundled with soi-batch (`soi_batch/datasets
 ({cfg.cls_epochs} epochs, label smoothing {cfg.label_smoothing} over the label tokens, LM loss on the
 narrative at weight {cfg.lm_weight}, token dropout {cfg.token_dropout}, EMA {cfg.ema_decay}).
 
-## Validation (quick metrics from `training/mini/evaluate.py`){val_note}
+## Validation (quick metrics from `training/mini/quick_metrics.py`){val_note}
 | division acc | major-group acc | division macro-F1 |
 | --- | --- | --- |
 | {v.get('division_acc', float('nan')):.4f} | {v.get('major_group_acc', float('nan')):.4f} | {v.get('division_macro_f1', float('nan')):.4f} |

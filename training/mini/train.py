@@ -31,7 +31,7 @@ from soi_batch.datasets.osha import TEXT_COL, load_split
 from soi_batch.prompt import PromptTemplate
 from training.mini.config import TINY, TrainConfig
 from training.mini.data import ClsExample, batches, cls_examples, lm_sequences, pad, tokenizer_corpus
-from training.mini.evaluate import quick_eval
+from training.mini.quick_metrics import quick_eval
 from training.mini.tokenizer import check_label_contract, digit_ids, train_tokenizer
 from training.options import add_run_options, parse_overrides
 
