@@ -54,7 +54,7 @@ def _jsonable(obj: Any) -> Any:
 def division_names() -> dict[str, str]:
     """``"6"`` -> ``"6 Structures and surfaces"`` for the nine OIICS source divisions."""
     taxonomy = load_taxonomy()
-    return {d: f"{d} {taxonomy.title(d).capitalize()}" for d in DIVISIONS}
+    return {d: f"{d} {taxonomy.titles[d].capitalize()}" for d in DIVISIONS}
 
 
 def confusion_figure(y_true: Sequence[str], predictions: dict[str, Sequence[str | None]]) -> Figure:
