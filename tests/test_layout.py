@@ -105,3 +105,23 @@ def test_the_checker_sees_lazy_imports(tmp_path):
     source = tmp_path / "m.py"
     source.write_text("def f():\n    from soi_batch.engines import registry\n    import soi_batch.tables\n")
     assert {"soi_batch.engines.registry", "soi_batch.tables"} <= _imports(source)
+
+
+def test_the_public_names_load_lazily_and_are_the_modules_own():
+    import subprocess
+    import sys
+
+    probe = ("import sys, soi_batch; heavy = [m for m in ('torch', 'ray', 'pyspark', 'transformers') if m in sys.modules]; "
+             "print(heavy); print(soi_batch.__version__)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[0] == "[]" and out[1]
+
+    import soi_batch
+    from soi_batch.classifier import Classifier
+    from soi_batch.ray_data import classify_dataset
+
+    assert soi_batch.Classifier is Classifier and soi_batch.classify_dataset is classify_dataset
+    for name in soi_batch.__all__:
+        assert getattr(soi_batch, name) is not None
+    with pytest.raises(AttributeError, match="no attribute 'classify'"):
+        soi_batch.classify  # noqa: B018
