@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from soi_batch.bundle import is_hub_id, load_bundle
 from soi_batch.errors import ConfigError, InputSchemaError
-from soi_batch.tables import OUTPUT_FORMATS, is_text_type
+from soi_batch.tables import OUTPUT_FORMATS, is_delta_table, is_text_type
 
 
 def model_for_workers(model: str | Path | None, cache_dir: Path | None = None) -> str:
@@ -66,7 +66,7 @@ class OutputTarget:
     @property
     def delta_in_place(self) -> bool:
         """An existing Delta table overwritten by a new table version (its history kept)."""
-        return self.replace and self.fmt == "delta" and _is_delta_table(self.path)
+        return self.replace and self.fmt == "delta" and is_delta_table(self.path)
 
     @contextmanager
     def write(self) -> Iterator[tuple[Path, Literal["append", "overwrite"]]]:
@@ -101,10 +101,6 @@ class OutputTarget:
             _remove(new)
             raise
         _remove(old)
-
-
-def _is_delta_table(path: Path) -> bool:
-    return (path / "_delta_log").is_dir()
 
 
 def _remove(path: Path) -> None:
@@ -157,7 +153,7 @@ def _check_not_input(output: str | Path, out: Path, input_path: str | Path) -> N
 
 def _check_replaceable(output: str | Path, out: Path) -> None:
     """--overwrite replaces only an earlier output: a Delta table, a folder of Parquet files, a Parquet file."""
-    if _is_delta_table(out) or (out.is_file() and out.name.endswith(".parquet")):
+    if is_delta_table(out) or (out.is_file() and out.name.endswith(".parquet")):
         return
     if out.is_dir():
         others = sorted(str(p.relative_to(out)) for p in out.rglob("*")

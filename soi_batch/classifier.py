@@ -35,6 +35,7 @@ from soi_batch.scorer import (
     check_beam,
     check_temperature,
 )
+from soi_batch.tables import append_results
 
 log = logging.getLogger(__name__)
 _MIN_MAJOR_GROUP_PROB = 1e-6
@@ -211,11 +212,7 @@ class Classifier:
         rows, scores, errors = self._score_encoded(encoded)
         columns = self._result_columns(len(texts), rows, scores, errors, encoded, run_id or uuid.uuid4().hex,
                                        keep_probabilities)
-        for name, column in columns.items():
-            if name in table.column_names:
-                table = table.drop_columns([name])
-            table = table.append_column(name, column)
-        return table
+        return append_results(table, columns)
 
     def path_steps(self, texts: Sequence[str], codes: Sequence[str]) -> list[PathSteps]:
         """The engine's scores along each text's true code path (for temperature fitting)."""

@@ -23,7 +23,15 @@ from soi_batch.checks import model_for_workers, require_dataset_text
 from soi_batch.classifier import Classifier, ClassifierConfig
 from soi_batch.engines.threads import set_torch_threads
 from soi_batch.errors import ConfigError
-from soi_batch.tables import OUTPUT_FORMATS, InputSpec, OutputFormat, absolute_uri, csv_options
+from soi_batch.tables import (
+    OUTPUT_FORMATS,
+    InputSpec,
+    OutputFormat,
+    absolute_uri,
+    arrow_reads_directly,
+    csv_options,
+    read_table,
+)
 
 log = logging.getLogger(__name__)
 
@@ -124,11 +132,20 @@ def classify_dataset(ds: Any, *, text_col: str, model: str | Path | None = None,
     )  # Ray Data's actor pools restart dead actors and retry their batches by default
 
 
-def read_reports(spec: InputSpec, *, override_num_blocks: int | None = None) -> Any:
-    """A ``ray.data.Dataset`` over a validated input (see :func:`soi_batch.tables.inspect_input`)."""
+def read_dataset(spec: InputSpec, *, override_num_blocks: int | None = None) -> Any:
+    """A lazy ``ray.data.Dataset`` over an input checked by :func:`soi_batch.tables.inspect_input`.
+
+    The format is the one :func:`~soi_batch.tables.inspect_input` decided, and CSV is parsed with
+    :func:`~soi_batch.tables.csv_options` (every column a string).  The path is made absolute,
+    since Ray's workers may run in another directory.  An input Arrow cannot open as it is
+    (``.csv.xz``: :func:`~soi_batch.tables.arrow_reads_directly`) is read on the driver by
+    :func:`~soi_batch.tables.read_table` and handed to Ray whole.
+    """
     import ray.data
 
     path = absolute_uri(spec.path)
+    if not arrow_reads_directly(spec):
+        return ray.data.from_arrow(read_table(spec))
     if spec.format == "csv":
         read, parse, convert = csv_options(spec)
         return ray.data.read_csv(path, read_options=read, parse_options=parse, convert_options=convert,
@@ -138,9 +155,9 @@ def read_reports(spec: InputSpec, *, override_num_blocks: int | None = None) -> 
     return ray.data.read_parquet(path, override_num_blocks=override_num_blocks)
 
 
-def write_results(ds: Any, path: str | Path, *, fmt: OutputFormat,
+def write_dataset(ds: Any, path: str | Path, *, fmt: OutputFormat,
                   mode: Literal["append", "overwrite"] = "append") -> None:
-    """Write a classified dataset: a directory of Parquet files, or a Delta table.
+    """Write a classified ``ray.data.Dataset``: a directory of Parquet files, or a Delta table.
 
     Delta: ``mode="append"`` creates the table or appends to it; ``"overwrite"`` commits a new
     table version holding only these rows (the schema replaced; older versions kept until vacuum).

@@ -36,6 +36,7 @@ from soi_batch.classifier import Classifier, ClassifierConfig, EngineName
 from soi_batch.engines.threads import set_torch_threads
 from soi_batch.errors import ConfigError, InputSchemaError
 from soi_batch.schema import PROBABILITIES_SCHEMA, RESULT_SCHEMA
+from soi_batch.tables import kept_columns
 
 if TYPE_CHECKING:
     from pyspark.resource import ResourceProfile
@@ -136,11 +137,12 @@ def _output_schema(df: DataFrame, keep_probabilities: bool) -> StructType:
     from pyspark.sql.types import StructType
 
     results = result_struct(keep_probabilities)
-    replaced = [f.name for f in df.schema.fields if f.name in results.names]
-    if replaced:
-        log.warning("input columns %s are replaced by the classifier's result columns", replaced)
-    kept = [f for f in df.schema.fields if f.name not in results.names]
-    return StructType(kept + results.fields)
+    fields = df.schema.fields
+    kept = kept_columns(df.columns, results.names)  # the columns append_results keeps in each task
+    if len(kept) < len(fields):
+        log.warning("input columns %s are replaced by the classifier's result columns",
+                    [f.name for i, f in enumerate(fields) if i not in kept])
+    return StructType([fields[i] for i in kept] + results.fields)
 
 
 def _check_columns(df: DataFrame, text_col: str, id_col: str | None) -> None:

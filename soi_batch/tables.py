@@ -1,8 +1,15 @@
-"""Reading reports and writing results: CSV (OSHA's cp1252 included), Parquet, Delta.
+"""Tables in and out: format detection, reading and writing for every caller.
 
-Formats are inferred from the path when not given: a directory with ``_delta_log`` is Delta,
-``*.csv``/``*.csv.gz``/``*.csv.xz`` is CSV, anything else Parquet (file or directory).
-CSV columns are read as strings, so codes and ids keep their leading digits.
+One rule decides the format of a path (:func:`detect_format`): a directory with ``_delta_log``
+is Delta; a name ending in ``.csv``, ``.csv.gz``, ``.csv.xz`` or ``.txt`` is CSV; anything else
+Parquet (a file or a directory of files).  :func:`inspect_input` checks an input before any work
+starts (a CSV file is parsed strictly, end to end, and its encoding sniffed: UTF-8, else OSHA's
+cp1252); :func:`read_table` reads it whole, :class:`InputSnapshot` streams it in a fixed order,
+and Ray Data reads it with the options given here (:mod:`soi_batch.ray_data`).  CSV columns are
+read as strings, so codes and ids keep their leading digits.
+
+:func:`append_results` is the one rule for adding result columns to input rows: results go
+last, and an input column with a result's name is replaced.
 """
 
 from __future__ import annotations
@@ -12,12 +19,14 @@ import csv
 import gzip
 import io
 import lzma
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from soi_batch.errors import ConfigError, InputReadError, InputSchemaError
@@ -78,21 +87,53 @@ def absolute_uri(path: str | Path) -> str:
     return text if "://" in text else str(Path(text).expanduser().absolute())
 
 
+CSV_SUFFIXES: tuple[str, ...] = (".csv", ".csv.gz", ".csv.xz", ".txt")
+"""Names read as CSV (case-insensitive)."""
+
+
+def is_delta_table(path: str | Path) -> bool:
+    """A directory holding a Delta transaction log (``_delta_log``)."""
+    return (Path(path) / "_delta_log").is_dir()
+
+
 def detect_format(path: str | Path) -> InputFormat:
+    """The format of ``path``, from the path alone: the one rule every reader uses.
+
+    A directory with ``_delta_log`` is ``"delta"``; a name ending in one of :data:`CSV_SUFFIXES`
+    is ``"csv"``; anything else is ``"parquet"`` (a file, or a directory of Parquet files).
+    Pass the format explicitly for other names (``--input-format``).
+    """
     p = Path(path)
-    if (p / "_delta_log").is_dir():
+    if is_delta_table(p):
         return "delta"
-    if p.name.lower().endswith((".csv", ".csv.gz", ".csv.xz", ".txt")):
+    if p.name.lower().endswith(CSV_SUFFIXES):
         return "csv"
     return "parquet"
 
 
 def _open_bytes(path: Path) -> io.BufferedIOBase:
+    """The file's bytes for Python readers, ``.gz`` and ``.xz`` decompressed."""
     if path.suffix == ".gz":
         return gzip.open(path, "rb")  # type: ignore[return-value]
     if path.suffix == ".xz":
         return lzma.open(path, "rb")  # type: ignore[return-value]
     return open(path, "rb")
+
+
+def _open_arrow(path: Path) -> pa.NativeFile:
+    """The file's bytes for Arrow readers: Arrow decompresses ``.gz`` itself; it has no xz codec."""
+    if path.suffix == ".xz":
+        return pa.PythonFile(lzma.open(path, "rb"), mode="r")
+    return pa.input_stream(str(path), compression="gzip" if path.suffix == ".gz" else None)
+
+
+def arrow_reads_directly(spec: InputSpec) -> bool:
+    """Whether Arrow's file readers (and so Ray Data's) can open the input as it is on disk.
+
+    True for Delta, Parquet, plain and ``.gz`` CSV; False for ``.xz`` CSV, which only the Python
+    reader here decompresses (:func:`read_table`).
+    """
+    return not (spec.format == "csv" and Path(spec.path).suffix == ".xz")
 
 
 def sniff_encoding(path: str | Path) -> str:
@@ -185,30 +226,101 @@ def inspect_input(path: str | Path, *, fmt: InputFormat | None = None, encoding:
         raise InputReadError(f"{path}: cannot read as {fmt}: {exc}") from exc
 
 
-def csv_options(spec: InputSpec) -> tuple[pacsv.ReadOptions, pacsv.ParseOptions, pacsv.ConvertOptions]:
-    """Arrow CSV options that keep every column a string and allow quoted newlines."""
+def csv_options(spec: InputSpec, columns: Sequence[str] | None = None
+                ) -> tuple[pacsv.ReadOptions, pacsv.ParseOptions, pacsv.ConvertOptions]:
+    """Arrow CSV options that keep every column a string and allow quoted newlines.
+
+    ``columns``: read only these (in this order); None: every column.
+    """
+    convert = pacsv.ConvertOptions(column_types={c: pa.string() for c in spec.columns}, strings_can_be_null=False,
+                                   quoted_strings_can_be_null=False)
+    if columns is not None:
+        convert.include_columns = list(columns)
     return (
         pacsv.ReadOptions(encoding=spec.encoding or "utf-8", block_size=1 << 24),
         pacsv.ParseOptions(newlines_in_values=True),
-        pacsv.ConvertOptions(column_types={c: pa.string() for c in spec.columns}, strings_can_be_null=False,
-                             quoted_strings_can_be_null=False),
+        convert,
     )
 
 
-def read_table(spec: InputSpec) -> pa.Table:
-    """The whole input as one Arrow table (for evaluation and small inputs; batch jobs stream)."""
+def read_table(spec: InputSpec, columns: Sequence[str] | None = None) -> pa.Table:
+    """The whole input as one Arrow table (for evaluation and small inputs; batch jobs stream).
+
+    ``columns``: read only these, in this order (each must exist: see :meth:`InputSpec.require`);
+    None: every column.
+    """
+    cols = list(columns) if columns is not None else None
     try:
         if spec.format == "csv":
-            read, parse, convert = csv_options(spec)
-            with _open_bytes(Path(spec.path)) as fh:
+            read, parse, convert = csv_options(spec, cols)
+            with _open_arrow(Path(spec.path)) as fh:
                 return pacsv.read_csv(fh, read_options=read, parse_options=parse, convert_options=convert)
         if spec.format == "delta":
             from deltalake import DeltaTable
 
-            return DeltaTable(spec.path).to_pyarrow_table()
-        return pq.read_table(spec.path)
+            return DeltaTable(spec.path).to_pyarrow_table(columns=cols)
+        return pq.read_table(spec.path, columns=cols)
     except (pa.ArrowException, OSError) as exc:
         raise InputReadError(f"{spec.path}: cannot read as {spec.format}: {exc}") from exc
+
+
+_NO_PREBUFFER = pads.ParquetFragmentScanOptions(pre_buffer=False)
+
+
+@dataclass(frozen=True)
+class InputSnapshot:
+    """An input pinned for several passes that see the same rows in the same order.
+
+    Delta: the table at the version current when it was opened, its files in the log's order;
+    Parquet: the files found when it was opened, sorted by path; CSV: the one file.
+    """
+
+    spec: InputSpec
+    schema: pa.Schema
+    version: int | None
+    """The Delta table version read (None for Parquet and CSV)."""
+    files: tuple[str, ...]
+    """The data files read, in reading order."""
+    _fragments: tuple[pads.Fragment, ...] = field(default=(), repr=False)
+
+    @classmethod
+    def open(cls, spec: InputSpec) -> InputSnapshot:
+        try:
+            if spec.format == "delta":
+                from deltalake import DeltaTable
+
+                table = DeltaTable(spec.path)
+                dataset = table.to_pyarrow_dataset()
+                fragments = tuple(dataset.get_fragments())  # the log's file order, pinned at this version
+                return cls(spec, dataset.schema, table.version(), tuple(f.path for f in fragments), fragments)
+            if spec.format == "parquet":
+                dataset = pads.dataset(spec.path, format="parquet")
+                fragments = tuple(sorted(dataset.get_fragments(), key=lambda f: f.path))
+                return cls(spec, dataset.schema, None, tuple(f.path for f in fragments), fragments)
+            return cls(spec, pa.schema([(c, pa.string()) for c in spec.columns]), None, (spec.path,))
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            raise InputReadError(f"{spec.path}: cannot open as {spec.format}: {exc}") from exc
+
+    def batches(self, columns: Sequence[str] | None = None) -> Iterator[pa.RecordBatch]:
+        """The rows, batch by batch, in the snapshot's order (the same on every pass)."""
+        if self.spec.format == "csv":
+            read, parse, convert = csv_options(self.spec, columns)
+            with _open_arrow(Path(self.spec.path)) as fh, pacsv.open_csv(
+                fh, read_options=read, parse_options=parse, convert_options=convert
+            ) as reader:
+                yield from reader
+            return
+        cols = list(columns) if columns is not None else None
+        for fragment in self._fragments:
+            # no pre-buffering: Arrow would keep the file's read ranges cached for the whole scan
+            yield from fragment.to_batches(schema=self.schema, columns=cols, use_threads=False, batch_size=65536,
+                                           fragment_scan_options=_NO_PREBUFFER)
+
+    def count_rows(self) -> int:
+        """The number of rows: from the Parquet footers (Delta, Parquet), or the strict scan's count (CSV)."""
+        if self.spec.format == "csv":
+            return self.spec.num_rows or 0
+        return sum(f.count_rows() for f in self._fragments)
 
 
 def write_table(table: pa.Table, path: str | Path, *, fmt: OutputFormat, mode: Literal["overwrite", "append", "error"] = "error") -> None:
@@ -223,3 +335,27 @@ def write_table(table: pa.Table, path: str | Path, *, fmt: OutputFormat, mode: L
         pq.write_table(table, str(path))
     else:
         raise ConfigError(f"output format {fmt!r} is not one of {list(OUTPUT_FORMATS)}")
+
+
+def kept_columns(names: Sequence[str], result_names: Sequence[str]) -> list[int]:
+    """Positions of the input columns that stay when results are appended: those no result is named after."""
+    replaced = set(result_names)
+    return [i for i, name in enumerate(names) if name not in replaced]
+
+
+def append_results(table: pa.Table, results: pa.Table | Mapping[str, pa.Array | pa.ChunkedArray]) -> pa.Table:
+    """``table`` with the ``results`` columns appended in their order, replacing same-name columns.
+
+    An input column named like a result is dropped from its place and the result goes last, so
+    every output has the input's other columns, in their order, then the result columns.  Results
+    given as a table keep their fields (types, nullability, metadata); given as a mapping, each
+    array's type.  The input table's schema metadata is kept.
+    """
+    if isinstance(results, pa.Table):
+        new = list(zip(results.schema, results.columns))
+    else:
+        new = [(pa.field(name, column.type), column) for name, column in results.items()]
+    out = table.select(kept_columns(table.column_names, [f.name for f, _ in new]))
+    for result_field, column in new:
+        out = out.append_column(result_field, column)
+    return out

@@ -232,7 +232,7 @@ def test_unknown_output_format_fails_before_the_dataset_runs(tmp_path, ray_local
 
     from soi_batch.checks import check_output
     from soi_batch.errors import ConfigError
-    from soi_batch.ray_data import write_results
+    from soi_batch.ray_data import write_dataset
 
     with pytest.raises(ConfigError, match=r"output format 'csv' is not one of \['parquet', 'delta'\]"):
         check_output(tmp_path / "out", fmt="csv", overwrite=False)
@@ -242,7 +242,7 @@ def test_unknown_output_format_fails_before_the_dataset_runs(tmp_path, ray_local
 
     ds = ray.data.from_arrow(pa.table({"a": [1]})).map_batches(explode)
     with pytest.raises(ConfigError, match="output format 'csv'"):
-        write_results(ds, tmp_path / "out", fmt="csv")
+        write_dataset(ds, tmp_path / "out", fmt="csv")
 
 
 @pytest.mark.slow
@@ -332,9 +332,9 @@ def _fail_while_writing(monkeypatch) -> None:
         raise RuntimeError("disk full while writing")
 
     monkeypatch.setattr(soi_batch.ray_data, "init_ray", lambda *a, **k: None)
-    monkeypatch.setattr(soi_batch.ray_data, "read_reports", lambda spec, **k: "dataset")
+    monkeypatch.setattr(soi_batch.ray_data, "read_dataset", lambda spec, **k: "dataset")
     monkeypatch.setattr(soi_batch.ray_data, "classify_dataset", lambda ds, **k: ds)
-    monkeypatch.setattr(soi_batch.ray_data, "write_results", crash)
+    monkeypatch.setattr(soi_batch.ray_data, "write_dataset", crash)
 
 
 @pytest.mark.usefixtures("no_model_no_ray")

@@ -35,8 +35,9 @@ from soi_batch.datasets.osha import (
     read_osha_sir,
     split_by_time,
 )
-from soi_batch.errors import InputReadError, InputSchemaError
+from soi_batch.errors import InputSchemaError
 from soi_batch.prompt import PromptTemplate, normalize_narrative
+from soi_batch.tables import InputFormat, inspect_input, read_table
 from soi_batch.taxonomy import load_taxonomy
 
 log = logging.getLogger(__name__)
@@ -51,45 +52,28 @@ class PrepareConfig:
     date_col: str = DATE_COL
     date_format: str | None = "%m/%d/%Y"
     """Format of string dates (None: let pandas infer)."""
-    input_format: str | None = None
-    """csv, parquet or delta; None: from the path (directory with _delta_log → delta)."""
+    input_format: InputFormat | None = None
+    """csv, parquet or delta; None: from the path (:func:`soi_batch.tables.detect_format`)."""
     csv_encoding: str = "utf-8"
     """Encoding of a CSV input other than the bundled OSHA file (which is read as cp1252)."""
     spec: SplitSpec = field(default_factory=SplitSpec)
     prompt: PromptTemplate = field(default_factory=PromptTemplate)
 
 
-def read_reports(path: str | Path, cfg: PrepareConfig) -> pd.DataFrame:
-    """The input table as a DataFrame with a ``row_key`` column (row number of the source)."""
+def read_frame(path: str | Path, cfg: PrepareConfig) -> pd.DataFrame:
+    """The input table as a DataFrame with a ``row_key`` column (row number of the source).
+
+    The format comes from :func:`soi_batch.tables.detect_format` unless ``cfg.input_format`` is set;
+    CSV columns are read as strings (``cfg.csv_encoding``), and the whole file is checked first.
+    """
     path = Path(path)
     if path.resolve() == OSHA_SIR.resolve():
         return read_osha_sir(path)
-    fmt = cfg.input_format or _guess_format(path)
-    try:
-        if fmt == "csv":
-            df = pd.read_csv(path, encoding=cfg.csv_encoding, dtype=str, keep_default_na=False)
-        elif fmt == "parquet":
-            df = pd.read_parquet(path)
-        elif fmt == "delta":
-            from deltalake import DeltaTable
-
-            df = DeltaTable(str(path)).to_pandas()
-        else:
-            raise InputReadError(f"{path}: unknown input format {fmt!r}; use csv, parquet or delta")
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise InputReadError(f"{path}: cannot read as {fmt}: {exc}") from exc
+    spec = inspect_input(path, fmt=cfg.input_format, encoding=cfg.csv_encoding)
+    df = read_table(spec).to_pandas()
     if "row_key" not in df.columns:
         df.insert(0, "row_key", [f"row-{i:07d}" for i in range(len(df))])
     return df
-
-
-def _guess_format(path: Path) -> str:
-    if path.is_dir():
-        return "delta" if (path / "_delta_log").is_dir() else "parquet"
-    name = path.name.lower()
-    if name.endswith((".parquet", ".pq")):
-        return "parquet"
-    return "csv"
 
 
 def _check_columns(df: pd.DataFrame, cfg: PrepareConfig, source: Path) -> None:
@@ -127,7 +111,7 @@ def clean_labels(df: pd.DataFrame, cfg: PrepareConfig) -> pd.DataFrame:
 def prepare(input_path: str | Path, out_dir: str | Path, cfg: PrepareConfig = PrepareConfig()) -> dict:
     """Write ``{train,validation,test}.jsonl`` and ``fingerprint.json`` into ``out_dir``."""
     input_path, out_dir = Path(input_path), Path(out_dir)
-    df = read_reports(input_path, cfg)
+    df = read_frame(input_path, cfg)
     _check_columns(df, cfg, input_path)
     df = clean_labels(df, cfg)
     parts = split_by_time(df, cfg.spec, text_col=cfg.text_col, date_col=cfg.date_col, date_format=cfg.date_format)

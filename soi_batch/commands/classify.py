@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Literal
 
 import pyarrow as pa
-import pyarrow.dataset as pads
 
 from soi_batch.bundle import load_bundle
 from soi_batch.checks import check_output
@@ -24,7 +23,14 @@ from soi_batch.commands.options import (
 )
 from soi_batch.errors import ConfigError
 from soi_batch.schema import PROBABILITIES_SCHEMA, RESULT_SCHEMA
-from soi_batch.tables import OUTPUT_FORMATS, InputSpec, inspect_input, read_table, write_table
+from soi_batch.tables import (
+    OUTPUT_FORMATS,
+    InputSpec,
+    append_results,
+    inspect_input,
+    read_table,
+    write_table,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +53,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from soi_batch.ray_data import RayOptions, classify_dataset, init_ray, read_reports, write_results
+    from soi_batch.ray_data import RayOptions, classify_dataset, init_ray, read_dataset, write_dataset
 
     spec = inspect_input(args.input, fmt=args.input_format, encoding=args.encoding)
     spec.require_text(args.text_col, role="text column")
@@ -70,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
                               engine_options=engine_options)
     run_id = uuid.uuid4().hex
     init_ray(args.ray_address)
-    ds = read_reports(spec)
+    ds = read_dataset(spec)
     ds = classify_dataset(ds, text_col=args.text_col, model=bundle.path, config=config, run_id=run_id,
                           keep_probabilities=args.keep_probabilities,
                           options=RayOptions(num_actors=args.num_actors, cpus_per_actor=args.cpus_per_actor))
@@ -78,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
              bundle.model_id)
     start = time.perf_counter()
     with target.write() as (path, mode):
-        write_results(ds, path, fmt=args.output_format, mode=mode)
+        write_dataset(ds, path, fmt=args.output_format, mode=mode)
     elapsed = time.perf_counter() - start
     print(summarize(out, args.output_format, elapsed))
     return 0
@@ -90,11 +96,8 @@ def write_empty_output(spec: InputSpec, out: Path, *, fmt: str, keep_probabiliti
     table = read_table(spec)
     if table.num_rows:
         raise ConfigError(f"{spec.path}: expected 0 rows, found {table.num_rows}")
-    fields = list(RESULT_SCHEMA) + (list(PROBABILITIES_SCHEMA) if keep_probabilities else [])
-    for field in fields:
-        if field.name in table.column_names:
-            table = table.drop_columns([field.name])
-        table = table.append_column(field, pa.array([], type=field.type))
+    results = pa.schema([*RESULT_SCHEMA, *(PROBABILITIES_SCHEMA if keep_probabilities else [])])
+    table = append_results(table, results.empty_table())
     if fmt == "delta":
         write_table(table, out, fmt="delta", mode=mode)
     else:  # a directory of Parquet files, like the Ray writer's
@@ -105,12 +108,7 @@ def write_empty_output(spec: InputSpec, out: Path, *, fmt: str, keep_probabiliti
 def summarize(path: Path, fmt: str, elapsed: float) -> str:
     """Rows, errors, reviews and the top sources of a written output, read back column-wise."""
     columns = ["source_code", "source_title", "error", "needs_review"]
-    if fmt == "delta":
-        from deltalake import DeltaTable
-
-        table = DeltaTable(str(path)).to_pyarrow_dataset().to_table(columns=columns)
-    else:
-        table = pads.dataset(str(path), format="parquet").to_table(columns=columns)
+    table = read_table(inspect_input(path, fmt=fmt), columns=columns)
     rows = table.num_rows
     errors = rows - table.column("error").null_count
     review = sum(1 for v in table.column("needs_review").to_pylist() if v)

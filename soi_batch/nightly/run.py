@@ -33,7 +33,7 @@ from soi_batch.nightly.manifest import Counts, RunManifest, distribution, previo
 from soi_batch.nightly.select import TEXT_SHA_COL, InputSource, open_state, select_rows, stage_rows
 from soi_batch.nightly.sink import DeltaSink
 from soi_batch.schema import PROBABILITIES_SCHEMA, RESULT_SCHEMA
-from soi_batch.tables import absolute_uri, inspect_input
+from soi_batch.tables import absolute_uri, append_results, inspect_input
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +44,10 @@ def _now() -> str:
 
 def output_schema(source: InputSource, *, keep_probabilities: bool) -> pa.Schema:
     """Input columns + ``text_sha256`` + the result columns (input columns of the same name replaced)."""
-    inputs = source.schema
-    results = list(RESULT_SCHEMA) + (list(PROBABILITIES_SCHEMA) if keep_probabilities else [])
-    reserved = {f.name for f in results} | {TEXT_SHA_COL}
-    fields = [f for f in inputs if f.name not in reserved] + [pa.field(TEXT_SHA_COL, pa.string())] + results
-    return pa.schema(fields)
+    results = [pa.field(TEXT_SHA_COL, pa.string()), *RESULT_SCHEMA,
+               *(PROBABILITIES_SCHEMA if keep_probabilities else [])]
+    merged = append_results(source.schema.empty_table(), pa.schema(results).empty_table())
+    return merged.schema.remove_metadata()
 
 
 def division_counts(output: str) -> Counter[str]:

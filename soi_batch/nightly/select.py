@@ -28,13 +28,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from soi_batch.errors import InputReadError, InputSchemaError
+from soi_batch.errors import InputSchemaError
 from soi_batch.nightly.sink import NEW_ID_COL
-from soi_batch.tables import InputSpec, csv_options
+from soi_batch.tables import InputSnapshot, InputSpec
 
 log = logging.getLogger(__name__)
 TEXT_SHA_COL = "text_sha256"
@@ -51,55 +50,36 @@ def text_digests(texts: pa.Array | pa.ChunkedArray) -> pa.Array:
     )
 
 
-@dataclass
+@dataclass(frozen=True)
 class InputSource:
-    """An input pinned for one run: a Delta version, or a Parquet/CSV file set and fingerprint."""
+    """An input pinned for one run (:class:`~soi_batch.tables.InputSnapshot`) and its fingerprint."""
 
-    spec: InputSpec
-    version: int | None
+    snapshot: InputSnapshot
     fingerprint: str
-    schema: pa.Schema
-    _fragments: list[pads.Fragment] = field(default_factory=list, repr=False)
+    """``delta:PATH@vN`` for a Delta table, else a digest of the files' paths, sizes and mtimes."""
 
     @classmethod
     def open(cls, spec: InputSpec) -> InputSource:
-        try:
-            if spec.format == "delta":
-                from deltalake import DeltaTable
+        snapshot = InputSnapshot.open(spec)
+        if snapshot.version is not None:
+            return cls(snapshot, f"delta:{spec.path}@v{snapshot.version}")
+        return cls(snapshot, _files_fingerprint(list(snapshot.files)))
 
-                table = DeltaTable(spec.path)
-                dataset = table.to_pyarrow_dataset()
-                fragments = list(dataset.get_fragments())  # the log's file order, pinned at this version
-                return cls(spec, table.version(), f"delta:{spec.path}@v{table.version()}", dataset.schema,
-                           fragments)
-            if spec.format == "parquet":
-                dataset = pads.dataset(spec.path, format="parquet")
-                fragments = sorted(dataset.get_fragments(), key=lambda f: f.path)
-                return cls(spec, None, _files_fingerprint([f.path for f in fragments]), dataset.schema, fragments)
-            return cls(spec, None, _files_fingerprint([spec.path]), pa.schema([(c, pa.string()) for c in spec.columns]))
-        except (pa.ArrowException, OSError, ValueError) as exc:
-            raise InputReadError(f"{spec.path}: cannot open as {spec.format}: {exc}") from exc
+    @property
+    def spec(self) -> InputSpec:
+        return self.snapshot.spec
+
+    @property
+    def version(self) -> int | None:
+        return self.snapshot.version
+
+    @property
+    def schema(self) -> pa.Schema:
+        return self.snapshot.schema
 
     def batches(self, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
         """The input's rows in a fixed order (the same on every pass of a run)."""
-        if self.spec.format == "csv":
-            read, parse, convert = csv_options(self.spec)
-            if columns is not None:
-                convert.include_columns = columns
-            with pacsv.open_csv(self.spec.path, read_options=read, parse_options=parse,
-                                convert_options=convert) as reader:
-                yield from reader
-            return
-        for fragment in self._fragments:
-            # no pre-buffering: Arrow would keep the file's read ranges cached for the whole scan
-            yield from fragment.to_batches(schema=self.schema, columns=columns, use_threads=False, batch_size=65536,
-                                           fragment_scan_options=_NO_PREBUFFER)
-
-    def estimated_rows(self) -> int:
-        """Row count from Parquet footers (Delta/Parquet), or from the file size for CSV (≈ 500 B a row)."""
-        if self.spec.format == "csv":
-            return max(1, Path(self.spec.path).stat().st_size // 500)
-        return sum(f.count_rows() for f in self._fragments)
+        return self.snapshot.batches(columns)
 
 
 def _files_fingerprint(paths: list[str]) -> str:
@@ -208,7 +188,7 @@ def select_rows(source: InputSource, state: pads.Dataset | None, *, id_col: str,
     """Pass 1: which rows need classifying by ``model_id`` (see the module doc)."""
     id_type = source.schema.field(id_col).type
     state_rows = state.count_rows() if state is not None else 0
-    count = max(1, math.ceil(max(source.estimated_rows(), state_rows) / bucket_rows))
+    count = max(1, math.ceil(max(source.snapshot.count_rows(), state_rows) / bucket_rows))
     shutil.rmtree(work_dir, ignore_errors=True)
     work_dir.mkdir(parents=True)
     try:
