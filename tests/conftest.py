@@ -15,6 +15,33 @@ from soi_batch.datasets.osha import read_osha_sir
 from tests.tiny import build_tiny_bundle
 
 
+class ModelLoaded(AssertionError):
+    """Raised when a test that must finish before any load touched weights, a tokenizer or Ray."""
+
+
+@pytest.fixture
+def no_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any tokenizer or weights load fails the test: what is checked must come before it."""
+    import transformers
+
+    def refuse(*args, **kwargs):
+        raise ModelLoaded("model weights / tokenizer were loaded before the checks finished")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", refuse)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", refuse)
+
+
+@pytest.fixture
+def no_model_no_ray(monkeypatch: pytest.MonkeyPatch, no_load: None) -> None:
+    """As ``no_load``, and starting Ray fails the test too."""
+    import soi_batch.ray_data
+
+    def refuse(*args, **kwargs):
+        raise ModelLoaded("Ray was started before input validation finished")
+
+    monkeypatch.setattr(soi_batch.ray_data, "init_ray", refuse)
+
+
 @pytest.fixture(scope="session")
 def osha() -> pd.DataFrame:
     """The bundled OSHA SIR 2015-2016 rows (cp1252 source, codes as strings)."""

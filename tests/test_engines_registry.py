@@ -10,7 +10,6 @@ from dataclasses import replace
 
 import pytest
 import torch
-import transformers
 import yaml
 
 from soi_batch.bundle import load_bundle
@@ -26,17 +25,6 @@ from soi_batch.scorer import LabelTrie
 from soi_batch.taxonomy import EOS_SLOT, LABEL_DIGITS, N_LABEL_TOKENS, load_taxonomy
 
 HF_OPTIONS = "compile, device, dtype, num_threads, quantization"
-
-
-@pytest.fixture
-def no_load(monkeypatch):
-    """Any tokenizer or weights load fails the test: what is checked must come before it."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("a tokenizer or model was loaded")
-
-    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", refuse)
-    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", refuse)
 
 
 @pytest.fixture

@@ -25,25 +25,6 @@ TEXT = "Final Narrative"
 
 
 # --- helpers ---------------------------------------------------------------------------------
-class ModelLoaded(AssertionError):
-    pass
-
-
-@pytest.fixture
-def no_model_no_ray(monkeypatch):
-    """Fail loudly if anything loads model weights, a tokenizer or starts Ray."""
-    import transformers
-
-    import soi_batch.ray_data
-
-    def refuse(*args, **kwargs):
-        raise ModelLoaded("model weights / tokenizer / Ray were touched before input validation finished")
-
-    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", refuse)
-    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", refuse)
-    monkeypatch.setattr(soi_batch.ray_data, "init_ray", refuse)
-
-
 def _cli(args: list[str], capsys) -> tuple[int, str]:
     rc = main(["classify", *args])
     captured = capsys.readouterr()

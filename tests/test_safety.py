@@ -22,7 +22,6 @@ from soi_batch.errors import InputReadError
 from soi_batch.nightly import NightlyConfig, run_nightly
 from soi_batch.nightly.select import InputSource
 from soi_batch.tables import inspect_input, read_table
-from tests.test_robustness import no_model_no_ray  # noqa: F401  (fixture)
 
 TEXT = "Final Narrative"
 
