@@ -214,12 +214,23 @@ def test_baseline_on_train_plus_validation(parts: dict[str, pd.DataFrame]) -> No
                          baseline_config=BaselineConfig(train_on="train+validation", level_strategy="derived"))
 
 
-def test_evaluate_cli_baseline_train_option() -> None:
+def test_evaluate_flags_build_the_baseline_they_name() -> None:
     import argparse
 
     from soi_batch.commands import evaluate as cmd
+    from soi_batch.errors import ConfigError
 
     parser = argparse.ArgumentParser()
     cmd.add_parser(parser.add_subparsers())
-    args = parser.parse_args(["evaluate", "osha-sir", "--report", "r", "--baseline-train", "train+validation"])
-    assert (args.baseline_train, args.baseline_division) == ("train+validation", None)
+
+    def config(*flags: str):
+        return cmd.evaluation_config(parser.parse_args(["evaluate", "osha-sir", "--report", "r", *flags]))
+
+    default = config().baseline_settings()
+    assert (default.train_on, default.level_strategy, default.seed) == ("train", "best", 0)
+    wide = config("--baseline-train", "train+validation", "--seed", "7").baseline_settings()
+    assert (wide.train_on, wide.level_strategy, wide.seed) == ("train+validation", "derived", 7)
+    assert config("--baseline-division", "per_level").baseline_settings().level_strategy == "per_level"
+    with pytest.raises(ConfigError, match="cannot be evaluated on the 'validation' part it was trained on"):
+        config("--baseline-train", "train+validation", "--split", "validation")
+    assert not config("--no-baseline", "--split", "validation").baseline

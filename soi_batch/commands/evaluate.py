@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from soi_batch.commands.options import add_batch_size_option, add_input_options, add_model_options
+
+if TYPE_CHECKING:
+    from soi_batch.evaluation import EvaluationConfig
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -34,18 +38,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from soi_batch.evaluation import BaselineConfig, EvaluationConfig, evaluate
-    from soi_batch.metrics import lookup
+def evaluation_config(args: argparse.Namespace) -> EvaluationConfig:
+    """The :class:`EvaluationConfig` the flags ask for (checked when it is built)."""
+    from soi_batch.evaluation import BaselineConfig, EvaluationConfig
 
     level = args.baseline_division or ("best" if args.baseline_train == "train" else "derived")
-    config = EvaluationConfig(
+    return EvaluationConfig(
         data=args.data, label_col=args.label_col, text_col=args.text_col, model=args.model, cache_dir=args.cache_dir,
         input_format=args.input_format, encoding=args.encoding, split=args.split, limit=args.limit,
         seed=args.seed, baseline=not args.no_baseline, batch_size=args.batch_size,
         baseline_config=BaselineConfig(seed=args.seed, train_on=args.baseline_train, level_strategy=level),
     )
-    result = evaluate(config, args.report)
+
+
+def run(args: argparse.Namespace) -> int:
+    from soi_batch.evaluation import evaluate
+    from soi_batch.metrics import lookup
+
+    result = evaluate(evaluation_config(args), args.report)
     base = result.get("baseline")
     print(f"n={result['n']}  ({result['data']['description']})")
     for key in ("division.accuracy", "division.macro_f1", "major_group.accuracy", "major_group.macro_f1",
