@@ -153,13 +153,13 @@ def load_bundle(model: str | Path | None = None, cache_dir: Path | None = None) 
             f"{path}: no {MANIFEST}; this is not a soi-batch bundle. Build one with "
             "`soi-batch package` (README 'Training')"
         )
-    check_links(path)
     pickles = sorted(p.name for p in path.iterdir() if p.suffix in _PICKLE_SUFFIXES)
     if pickles:
         raise BundleError(
             f"{path}: pickle weight files {pickles} are refused (they can run code when loaded); "
             "convert them to safetensors and delete them"
         )
+    check_links(path)
     shapes = tensor_shapes(weight_files(path))
     if not (path / "config.json").exists():
         raise BundleError(f"{path}: config.json missing")

@@ -20,7 +20,7 @@ from safetensors.numpy import load_file, save_file
 
 from soi_batch.bundle import EMBEDDED_DEFAULT, MANIFEST, load_bundle
 from soi_batch.checks import model_for_workers
-from soi_batch.errors import BundleError
+from soi_batch.errors import BundleError, TokenizerError
 from soi_batch.prompt import PromptTemplate
 
 WEIGHTS = "model.safetensors"
@@ -223,3 +223,12 @@ def test_fifo_in_place_of_a_file_is_refused_without_hanging(bundle, name):
 def test_the_shipped_bundle_passes(no_load):
     bundle = load_bundle(EMBEDDED_DEFAULT)
     assert bundle.calibration.temperature > 0 and len(bundle.manifest.labels) > 100
+
+
+def test_tokenizer_without_eos_is_refused_on_the_driver(bundle):
+    """The label contract of the tokenizer is checked by ``model_for_workers`` (Ray Data, Spark), not in a worker."""
+    config = json.loads((bundle / "tokenizer_config.json").read_text())
+    del config["eos_token"]
+    (bundle / "tokenizer_config.json").write_text(json.dumps(config))
+    with pytest.raises(TokenizerError, match=rf"{bundle}: the tokenizer has no EOS token"):
+        model_for_workers(bundle)
