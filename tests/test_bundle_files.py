@@ -232,3 +232,20 @@ def test_tokenizer_without_eos_is_refused_on_the_driver(bundle):
     (bundle / "tokenizer_config.json").write_text(json.dumps(config))
     with pytest.raises(TokenizerError, match=rf"{bundle}: the tokenizer has no EOS token"):
         model_for_workers(bundle)
+
+
+def test_hub_cache_snapshot_links_into_its_blobs_are_accepted(tmp_path):
+    """huggingface_hub's cache layout: snapshots/REV/FILE → ../../blobs/HASH, outside the snapshot folder."""
+    repo = tmp_path / "hub" / "models--org--soi-mini"
+    snapshot = repo / "snapshots" / "0123abcd"
+    (repo / "blobs").mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    for i, file in enumerate(sorted(EMBEDDED_DEFAULT.iterdir())):
+        shutil.copy(file, repo / "blobs" / f"blob{i}")
+        (snapshot / file.name).symlink_to(Path("..", "..", "blobs", f"blob{i}"))
+    assert load_bundle(snapshot).manifest.model_id == "soi-mini"
+    (snapshot / "tokenizer.json").unlink()
+    (snapshot / "tokenizer.json").symlink_to(tmp_path / "elsewhere.json")
+    (tmp_path / "elsewhere.json").write_text("{}")
+    with pytest.raises(BundleError, match="outside the bundle"):
+        load_bundle(snapshot)
