@@ -249,3 +249,13 @@ def test_hub_cache_snapshot_links_into_its_blobs_are_accepted(tmp_path):
     (tmp_path / "elsewhere.json").write_text("{}")
     with pytest.raises(BundleError, match="outside the bundle"):
         load_bundle(snapshot)
+
+
+@pytest.mark.parametrize("load_format", ["pt", "npcache", "bitsandbytes"])
+def test_vllm_load_formats_other_than_safetensors_are_refused(load_format):
+    from soi_batch.engines.vllm_engine import VLLMEngineConfig
+    from soi_batch.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"load_format must be one of \['auto', 'safetensors', 'dummy'\], got '{load_format}'"):
+        VLLMEngineConfig(load_format=load_format)
+    assert VLLMEngineConfig().load_format == "auto"  # passed to vLLM as "safetensors": no pickle fallback
