@@ -259,3 +259,14 @@ def test_vllm_load_formats_other_than_safetensors_are_refused(load_format):
     with pytest.raises(ConfigError, match=rf"load_format must be one of \['auto', 'safetensors', 'dummy'\], got '{load_format}'"):
         VLLMEngineConfig(load_format=load_format)
     assert VLLMEngineConfig().load_format == "auto"  # passed to vLLM as "safetensors": no pickle fallback
+
+
+def test_hf_engine_refuses_missing_tensors_without_load_bundle(bundle):
+    """A ModelBundle built in code skips load_bundle; the engine's own load is strict too."""
+    from soi_batch.bundle import Manifest, ModelBundle
+    from soi_batch.classifier import Classifier, ClassifierConfig
+
+    manifest = Manifest.model_validate_json((bundle / MANIFEST).read_text())
+    _rewrite_weights(bundle, lambda t: {k: v for k, v in t.items() if not k.startswith("model.layers.3.")})
+    with pytest.raises(BundleError, match=r"the weights do not match config\.json \(\{'missing_keys': \['model\.layers\.3\."):
+        Classifier(ModelBundle(bundle, manifest), ClassifierConfig(engine="hf"))
