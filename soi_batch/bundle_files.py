@@ -98,9 +98,23 @@ def weight_files(bundle: Path) -> list[Path]:
     ``model.safetensors`` if present, else the files ``model.safetensors.index.json`` maps tensors
     to (each a ``.safetensors`` path inside the bundle).
     """
+    named = _named_weight_files(bundle)
+    stray = sorted({p.name for p in bundle.glob("*.safetensors")} - set(named))
+    if stray:
+        raise BundleError(f"{bundle}: weight files {stray} are not part of the checkpoint ({sorted(named)}); "
+                          "engines differ in whether they load them: delete them or list them in the index")
+    return list(named.values())
+
+
+def _named_weight_files(bundle: Path) -> dict[str, Path]:
+    """Name as the bundle gives it → the resolved, checked file."""
     single = bundle_file(bundle, SINGLE_WEIGHTS, required=False)
+    has_index = (bundle / WEIGHTS_INDEX).exists() or (bundle / WEIGHTS_INDEX).is_symlink()
+    if single is not None and has_index:
+        raise BundleError(f"{bundle}: both {SINGLE_WEIGHTS} and {WEIGHTS_INDEX}; engines differ in which they load: "
+                          "keep one")
     if single is not None:
-        return [single]
+        return {SINGLE_WEIGHTS: single}
     index = read_json(bundle, WEIGHTS_INDEX, required=False)
     if index is None:
         found = sorted(p.name for p in bundle.glob("*.safetensors"))
@@ -112,12 +126,12 @@ def weight_files(bundle: Path) -> list[Path]:
     if not isinstance(weight_map, dict) or not weight_map or not all(
             isinstance(v, str) for v in weight_map.values()):
         raise BundleError(f"{bundle / WEIGHTS_INDEX}: no 'weight_map' of tensor names to files; re-package the bundle")
-    files = []
+    files = {}
     for name in sorted(set(weight_map.values())):
         if not name.endswith(".safetensors"):
             raise BundleError(f"{bundle / WEIGHTS_INDEX}: names the weight file {name!r}, not a .safetensors file; "
                               "pickle weights are refused (they can run code when loaded): convert them to safetensors")
-        files.append(bundle_file(bundle, name))
+        files[name] = bundle_file(bundle, name)
     return files  # type: ignore[return-value]
 
 

@@ -270,3 +270,13 @@ def test_hf_engine_refuses_missing_tensors_without_load_bundle(bundle):
     _rewrite_weights(bundle, lambda t: {k: v for k, v in t.items() if not k.startswith("model.layers.3.")})
     with pytest.raises(BundleError, match=r"the weights do not match config\.json \(\{'missing_keys': \['model\.layers\.3\."):
         Classifier(ModelBundle(bundle, manifest), ClassifierConfig(engine="hf"))
+
+
+def test_weight_files_the_engines_would_pick_differently_are_refused(bundle, no_load):
+    """transformers reads model.safetensors; vLLM reads every *.safetensors (or the index's shards)."""
+    tensors = load_file(bundle / WEIGHTS)
+    save_file({"lm_head.weight": tensors["model.embed_tokens.weight"]}, bundle / "extra.safetensors")
+    _refused(bundle, r"weight files \['extra\.safetensors'\] are not part of the checkpoint \(\['model\.safetensors'\]\)")
+    (bundle / "extra.safetensors").unlink()
+    (bundle / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"x": WEIGHTS}}))
+    _refused(bundle, r"both model\.safetensors and model\.safetensors\.index\.json")
