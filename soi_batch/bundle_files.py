@@ -36,7 +36,8 @@ def allowed_roots(bundle: Path) -> tuple[Path, ...]:
 
 
 def bundle_file(bundle: Path, name: str, *, limit: int | None = None, required: bool = True) -> Path | None:
-    """``bundle/name`` resolved, checked to be a regular file inside the bundle and within ``limit`` bytes.
+    """``bundle/name`` resolved, checked to be a regular file inside the bundle and within ``limit`` bytes
+    (None: :data:`SIZE_LIMITS` by file name, :data:`JSON_LIMIT` for other JSON files, else no limit).
 
     Returns None for a missing file when not ``required``.  Raises :class:`BundleError` naming
     the file and the fix.
