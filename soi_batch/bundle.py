@@ -23,6 +23,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from soi_batch.bundle_files import bundle_file, check_links, read_json, tensor_shapes, weight_files
+from soi_batch.checkpoint import check_architecture, check_tensors
 from soi_batch.errors import BundleError, LabelSetError
 from soi_batch.prompt import PromptTemplate
 from soi_batch.taxonomy import TAXONOMY_VERSION, Taxonomy, load_taxonomy
@@ -33,12 +35,16 @@ MANIFEST = "soi_model.json"
 FORMAT_VERSION = 1
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
+_TOKENIZER_JSON = ("tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
+TEMPERATURE_BOUNDS = (0.05, 20.0)
+"""Calibration temperatures a bundle may carry (the search interval of the fit): outside it the
+confidences are all 0/1 or flat, and review routing stops meaning anything."""
 EMBEDDED_DEFAULT = Path(__file__).parent / "models" / "soi-mini"
 """The soi-mini bundle inside the package (tests and tools that need a bundle on disk at once)."""
 
 
 class Calibration(BaseModel):
-    temperature: float = Field(1.0, gt=0)
+    temperature: float = Field(1.0, ge=TEMPERATURE_BOUNDS[0], le=TEMPERATURE_BOUNDS[1])
     """Every step's logits are divided by this before the trie softmax."""
     review_threshold: float = Field(0.0, ge=0, le=1)
     """Rows whose ``review_level`` confidence is below this get ``needs_review``."""
@@ -133,13 +139,16 @@ def is_hub_id(model: str | Path | None) -> bool:
 def load_bundle(model: str | Path | None = None, cache_dir: Path | None = None) -> ModelBundle:
     """Validate a bundle directory before any weights are read (``model`` as :func:`resolve_model`).
 
+    Checks every file the bundle names (inside the bundle, regular files, size limits, no pickle),
+    the manifest (labels, prompt template, calibration), the tokenizer file, and the weights'
+    tensor names and shapes (safetensors headers) against the model ``config.json`` describes.
     Raises :class:`BundleError` naming the missing or unsafe file and the fix.
     """
     path = resolve_model(model, cache_dir)
     if not path.is_dir():
         raise BundleError(f"{path}: not a directory; pass a model bundle directory (see README 'Model bundle')")
     manifest_path = path / MANIFEST
-    if not manifest_path.is_file():
+    if not manifest_path.exists() and not manifest_path.is_symlink():
         raise BundleError(
             f"{path}: no {MANIFEST}; this is not a soi-batch bundle. Build one with "
             "`soi-batch package` (README 'Training')"
@@ -150,24 +159,35 @@ def load_bundle(model: str | Path | None = None, cache_dir: Path | None = None) 
             f"{path}: pickle weight files {pickles} are refused (they can run code when loaded); "
             "convert them to safetensors and delete them"
         )
-    weights = sorted(path.glob("*.safetensors"))
-    if not weights:
-        raise BundleError(f"{path}: no *.safetensors weights found")
-    for file in weights:
-        _check_safetensors_header(file)
-    if not (path / "config.json").is_file():
+    check_links(path)
+    shapes = tensor_shapes(weight_files(path))
+    if not (path / "config.json").exists():
         raise BundleError(f"{path}: config.json missing")
-    if not any((path / name).is_file() for name in _TOKENIZER_FILES):
-        raise BundleError(f"{path}: no tokenizer (expected one of {list(_TOKENIZER_FILES)})")
+    check_architecture(path / "config.json", read_json(path, "config.json"))
+    _check_tokenizer(path)
+    manifest = _read_manifest(path)
     try:
-        manifest = Manifest.model_validate_json(manifest_path.read_text(encoding="utf-8"))
+        bundle = ModelBundle(path, manifest)
+    except LabelSetError as exc:
+        raise BundleError(f"{manifest_path}: {exc}") from exc
+    check_tensors(path, shapes)
+    log.info("model bundle %s from %s (%d labels, %d tensors)", bundle.model_id, path, len(manifest.labels),
+             len(shapes))
+    return bundle
+
+
+def _read_manifest(path: Path) -> Manifest:
+    manifest_path = path / MANIFEST
+    text = bundle_file(path, MANIFEST).read_text(encoding="utf-8")  # type: ignore[union-attr]
+    try:
+        manifest = Manifest.model_validate_json(text)
     except ValueError as exc:
         raise BundleError(f"{manifest_path}: invalid manifest: {exc}") from exc
     if manifest.format_version != FORMAT_VERSION:
         raise BundleError(
             f"{manifest_path}: format_version {manifest.format_version}, this soi-batch reads {FORMAT_VERSION}"
         )
-    prompt = PromptTemplate.from_dict(manifest.prompt)
+    prompt = _check_prompt(manifest_path, manifest.prompt)
     if prompt.sha256 != manifest.prompt_sha256:
         raise BundleError(
             f"{manifest_path}: prompt_sha256 does not match the stored prompt template "
@@ -175,23 +195,49 @@ def load_bundle(model: str | Path | None = None, cache_dir: Path | None = None) 
         )
     if not manifest.labels:
         raise BundleError(f"{manifest_path}: 'labels' is empty; the bundle must list the codes it was trained on")
+    return manifest
+
+
+def _check_prompt(manifest_path: Path, data: dict[str, Any]) -> PromptTemplate:
+    """The manifest's prompt template, checked: known fields of the right types, exactly one
+    ``{input}``, and no placeholder other than ``{instruction}`` before it."""
     try:
-        bundle = ModelBundle(path, manifest)
-    except LabelSetError as exc:
-        raise BundleError(f"{manifest_path}: {exc}") from exc
-    log.info("model bundle %s from %s (%d labels)", bundle.model_id, path, len(manifest.labels))
-    return bundle
-
-
-def _check_safetensors_header(file: Path) -> None:
-    """Read only the safetensors header (tensor names, shapes, offsets), not the weights."""
-    from safetensors import SafetensorError, safe_open
-
+        prompt = PromptTemplate.from_dict(data)
+    except TypeError as exc:
+        raise BundleError(f"{manifest_path}: 'prompt' is not a prompt template ({exc}); re-package the bundle") from exc
+    texts = (prompt.version, prompt.system, prompt.turn, prompt.instruction)
+    if not all(isinstance(t, str) for t in texts) or not isinstance(prompt.max_input_chars, int) or \
+            prompt.max_input_chars < 1:
+        raise BundleError(f"{manifest_path}: 'prompt' needs text for version/system/turn/instruction and a "
+                          "positive integer max_input_chars; re-package the bundle")
+    count = prompt.turn.count("{input}")
+    if count != 1:
+        raise BundleError(f"{manifest_path}: the prompt template has {count} '{{input}}' placeholders in 'turn'; "
+                          "it needs exactly one, where the narrative goes. Re-package the bundle")
     try:
-        with safe_open(str(file), framework="numpy") as handle:
-            handle.keys()
-    except (SafetensorError, OSError) as exc:
-        raise BundleError(f"{file}: not a readable safetensors file ({exc}); copy the bundle again") from exc
+        prompt.shared_prefix  # noqa: B018 - fills {instruction}: raises on any other placeholder
+    except (KeyError, IndexError, ValueError) as exc:
+        raise BundleError(f"{manifest_path}: the prompt template's 'turn' cannot be filled ({exc!r}); only "
+                          "{instruction} and {input} are placeholders (write other braces as {{ }})") from exc
+    return prompt
+
+
+def _check_tokenizer(path: Path) -> None:
+    """A tokenizer file that is present, a regular file within its size limit, and parses (tokenizer.json)."""
+    found = [name for name in _TOKENIZER_FILES if (path / name).exists() or (path / name).is_symlink()]
+    if not found:
+        raise BundleError(f"{path}: no tokenizer (expected one of {list(_TOKENIZER_FILES)})")
+    for name in found:
+        bundle_file(path, name)
+    for name in _TOKENIZER_JSON:
+        read_json(path, name, required=False)
+    if "tokenizer.json" in found:
+        from tokenizers import Tokenizer
+
+        try:
+            Tokenizer.from_file(str(path / "tokenizer.json"))
+        except Exception as exc:  # the Rust parser raises a bare Exception
+            raise BundleError(f"{path / 'tokenizer.json'}: not a tokenizer ({exc}); copy the bundle again") from exc
 
 
 def write_manifest(path: str | Path, manifest: Manifest) -> Path:

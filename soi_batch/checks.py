@@ -15,18 +15,24 @@ from typing import Any, Literal
 import pyarrow as pa
 
 from soi_batch.bundle import is_hub_id, load_bundle
+from soi_batch.encoding import PromptEncoder
 from soi_batch.errors import ConfigError, InputSchemaError
 from soi_batch.tables import OUTPUT_FORMATS, is_delta_table, is_text_type
 
 
 def model_for_workers(model: str | Path | None, cache_dir: Path | None = None) -> str:
-    """Validate the bundle on the driver (manifest and file headers, no weights) and name it for workers.
+    """Validate the bundle on the driver and name it for workers.
 
+    :func:`~soi_batch.bundle.load_bundle`'s checks (files, manifest, prompt, tensor names and
+    shapes from the headers; no weights), then the tokenizer is loaded once to check the label
+    contract (one token per digit, an EOS token), so no worker fails on it later.
     A named model (None: the default) is built into ``cache_dir`` here, once, and passed as its
     directory, like a local directory (absolute); a hub id stays a hub id, so each worker fetches it
-    into its own cache.  Raises :class:`~soi_batch.errors.BundleError` naming the bundle.
+    into its own cache.  Raises :class:`~soi_batch.errors.BundleError` or
+    :class:`~soi_batch.errors.TokenizerError` naming the bundle.
     """
     bundle = load_bundle(model, cache_dir)
+    PromptEncoder.check_tokenizer(bundle)
     return str(model) if is_hub_id(model) else str(bundle.path)
 
 

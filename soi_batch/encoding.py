@@ -6,6 +6,7 @@ exactly the one it was trained on (the template comes from the bundle).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +39,7 @@ class PromptEncoder:
                  source: str = "tokenizer") -> None:
         """``source`` names where the tokenizer came from, in errors."""
         self.tokenizer = tokenizer
+        self.source = source
         self.template = template
         self.max_prompt_tokens = max_prompt_tokens
         self.label_token_ids = self._label_token_ids()
@@ -66,6 +68,12 @@ class PromptEncoder:
             raise BundleError(f"{bundle.path}: cannot load the tokenizer: {exc}") from exc
         return cls(tokenizer, bundle.prompt, max_prompt_tokens=max_prompt_tokens, source=str(bundle.path))
 
+    @classmethod
+    def check_tokenizer(cls, bundle: ModelBundle) -> None:
+        """Load the bundle's tokenizer and check the label contract (for the driver, before workers
+        load it); raises :class:`BundleError` or :class:`TokenizerError` naming the bundle."""
+        cls.from_bundle(bundle, max_prompt_tokens=sys.maxsize)
+
     def _ids(self, text: str) -> list[int]:
         return list(self.tokenizer(text).input_ids)
 
@@ -73,7 +81,8 @@ class PromptEncoder:
         """Token ids of :data:`~soi_batch.taxonomy.LABEL_DIGITS` after the prompt, then of EOS."""
         eos = self.tokenizer.eos_token_id
         if eos is None:
-            raise TokenizerError("the bundle's tokenizer has no EOS token; labels end with EOS")
+            raise TokenizerError(f"{self.source}: the tokenizer has no EOS token (eos_token in "
+                                 "tokenizer_config.json); labels end with EOS")
         prompt = self.template.render(_PROBE)
         base = self._ids(prompt)
         digit_ids = []
@@ -81,7 +90,7 @@ class PromptEncoder:
             ids = self._ids(prompt + digit)
             if ids[:-1] != base or len(ids) != len(base) + 1:
                 raise TokenizerError(
-                    f"digit {digit!r} after the prompt is not exactly one new token; "
+                    f"{self.source}: digit {digit!r} after the prompt is not exactly one new token; "
                     "soi-batch needs a tokenizer that splits digits (as Mistral/Llama do)"
                 )
             digit_ids.append(ids[-1])
@@ -89,7 +98,7 @@ class PromptEncoder:
             expected = base + [digit_ids[LABEL_DIGITS.index(d)] for d in run]
             if self._ids(prompt + run) != expected:
                 raise TokenizerError(
-                    f"the tokenizer merges the digits of {run!r}; soi-batch needs one token per digit"
+                    f"{self.source}: the tokenizer merges the digits of {run!r}; soi-batch needs one token per digit"
                 )
         return (*digit_ids, int(eos))
 

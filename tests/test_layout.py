@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "soi_batch"
 
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("foundations", ("errors", "schema", "taxonomy", "prompt", "tables")),
-    ("models", ("pretrained", "named_models", "bundle", "packaging", "datasets")),
+    ("models", ("pretrained", "named_models", "bundle_files", "checkpoint", "bundle", "packaging", "datasets")),
     ("core", ("encoding", "engines", "scorer", "metrics", "classifier", "calibration")),
     ("runners", ("checks", "ray_data", "spark", "nightly")),
     ("reports", ("evaluation", "trends")),

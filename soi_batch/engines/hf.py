@@ -150,16 +150,22 @@ class HFEngine(Engine):
         self.dtype = getattr(torch, dtype_name)
         try:
             model_config = AutoConfig.from_pretrained(str(bundle.path), trust_remote_code=False)
-            self.model = AutoModelForCausalLM.from_pretrained(
+            model, loading = AutoModelForCausalLM.from_pretrained(
                 str(bundle.path),
                 config=model_config,
                 dtype=self.dtype,
                 use_safetensors=True,
                 trust_remote_code=False,
                 attn_implementation=_register_cpu_attention() if device == "cpu" else "sdpa",
-            ).to(self.device).eval()
+                output_loading_info=True,
+            )
         except (OSError, ValueError) as exc:
             raise BundleError(f"{bundle.path}: cannot load the model weights: {exc}") from exc
+        gaps = {k: sorted(v)[:3] for k, v in loading.items() if k in ("missing_keys", "unexpected_keys",
+                                                                       "mismatched_keys") and v}
+        if gaps:  # load_bundle checks this from the headers first; a bundle built in code could skip it
+            raise BundleError(f"{bundle.path}: the weights do not match config.json ({gaps}); copy the bundle again")
+        self.model = model.to(self.device).eval()
         if config.quantization == "fp8":
             if self.device.type == "cuda" and torch.cuda.get_device_capability(self.device) < (8, 9):
                 raise ConfigError(f"quantization='fp8' needs FP8 tensor cores (compute capability ≥ 8.9); "

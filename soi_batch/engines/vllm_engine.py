@@ -35,6 +35,8 @@ from soi_batch.taxonomy import LABEL_DIGITS, N_LABEL_TOKENS
 log = logging.getLogger(__name__)
 
 
+_LOAD_FORMATS = ("auto", "safetensors", "dummy")
+
 @dataclass(frozen=True)
 class VLLMEngineConfig:
     quantization: Literal["fp8"] | None = None
@@ -51,7 +53,8 @@ class VLLMEngineConfig:
     """KV block size (None: vLLM's default, 16 on Hopper with FlashAttention)."""
     tensor_parallel_size: int = 1
     load_format: str = "auto"
-    """"dummy" gives random weights of the bundle's shape (benchmarks only)."""
+    """"auto" or "safetensors": the bundle's safetensors (vLLM is never asked to fall back to pickle
+    files); "dummy" gives random weights of the bundle's shape (benchmarks only)."""
     seed: int = 0
     prefetch_slots: tuple[int, ...] | None = None
     """Label slots (digits) scored together with each prompt in ``prefill``; () disables.
@@ -62,6 +65,9 @@ class VLLMEngineConfig:
     def __post_init__(self) -> None:
         if self.quantization not in (None, "fp8"):
             raise ConfigError(f"quantization must be None or 'fp8', got {self.quantization!r}")
+        if self.load_format not in _LOAD_FORMATS:
+            raise ConfigError(f"load_format must be one of {list(_LOAD_FORMATS)}, got {self.load_format!r}: "
+                              "bundles hold safetensors weights only")
         if self.prefetch_slots is not None and any(not 0 <= s < len(LABEL_DIGITS) for s in self.prefetch_slots):
             raise ConfigError(f"prefetch_slots are digit slots 0..{len(LABEL_DIGITS) - 1}, got {self.prefetch_slots!r}")
 
@@ -111,7 +117,8 @@ class VLLMEngine(Engine):
             "enable_prefix_caching": config.enable_prefix_caching, "max_model_len": config.max_model_len,
             "max_num_batched_tokens": config.max_num_batched_tokens, "max_num_seqs": config.max_num_seqs,
             "gpu_memory_utilization": config.gpu_memory_utilization, "enforce_eager": config.enforce_eager,
-            "tensor_parallel_size": config.tensor_parallel_size, "load_format": config.load_format,
+            "tensor_parallel_size": config.tensor_parallel_size,
+            "load_format": "safetensors" if config.load_format == "auto" else config.load_format,
             "seed": config.seed,
         }
         if config.block_size is not None:
