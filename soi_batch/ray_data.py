@@ -108,8 +108,8 @@ def classify_dataset(ds: Any, *, text_col: str, model: str | Path | None = None,
     actors = options.num_actors
     if actors is None:
         actors = max(1, int(_cluster_gpus() // gpus)) if gpus else 1
-    if gpus and config.device == "auto":
-        config = replace(config, device="cuda")
+    if config.device == "auto":  # the actors' device, so settings that make no sense there fail now
+        config = replace(config, device="cuda" if gpus else "cpu")
     batch_size = options.batch_size
     if batch_size is None:
         batch_size = max(512, 8 * config.batch_size) if gpus else 512
@@ -175,13 +175,21 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None,
     """Start local Ray (no dashboard) or connect to ``address``; a no-op when already running.
 
     ``num_cpus`` and ``object_store_memory`` (bytes) size a local Ray; a cluster keeps its own.
+    No cluster at ``address`` (e.g. ``"auto"`` with none running) is a :class:`ConfigError`
+    naming the address and the fix.
     """
     import ray
 
     if ray.is_initialized():
         return
     if address:
-        ray.init(address=address, log_to_driver=True)
+        try:
+            ray.init(address=address, log_to_driver=True)
+        except ConnectionError as exc:
+            raise ConfigError(
+                f"cannot connect to the Ray cluster at address {address!r} ({str(exc).splitlines()[0]}): start one "
+                f"there first (`ray start --head` on the head node), pass the right address (--ray-address or "
+                f"RAY_ADDRESS, e.g. ray://head:10001), or leave the address unset to start a local Ray") from None
     else:
         ray.init(num_cpus=os.cpu_count() if num_cpus is None else num_cpus, object_store_memory=object_store_memory,
                  include_dashboard=False, log_to_driver=True, configure_logging=True, logging_level=logging.WARNING)
