@@ -46,3 +46,58 @@ def test_classify_dataset_refuses_fp8_on_cpu_actors_before_the_dataset_runs(tiny
         classify_dataset(ds, text_col="Final Narrative", model=tiny_bundle, run_id="r",
                          config=ClassifierConfig(engine="hf", engine_options={"quantization": "fp8"}),
                          options=RayOptions(gpus_per_actor=0))
+
+
+def test_classify_dataset_generates_run_id_prefixes_columns_and_autoscales(tiny_bundle: Path, osha, ray_local) -> None:
+    """On a real local Ray: no run_id given → one generated id on every row; ``column_prefix`` names the
+    result columns; ``concurrency=(1, 2)`` is an autoscaling actor pool; results equal the classifier's."""
+    import pyarrow as pa
+    import ray.data
+
+    from soi_batch.classifier import Classifier
+    from soi_batch.ray_data import RayOptions, classify_dataset
+    from soi_batch.schema import RESULT_SCHEMA
+
+    rows = osha[["ID", "Final Narrative"]].iloc[:40].reset_index(drop=True)
+    rows["source_code"] = "input column of that name, kept: the result is soi_source_code"
+    ds = ray.data.from_pandas(rows, override_num_blocks=4)
+    out = classify_dataset(ds, text_col="Final Narrative", model=tiny_bundle, column_prefix="soi_",
+                           config=ClassifierConfig(batch_size=16),
+                           options=RayOptions(concurrency=(1, 2), cpus_per_actor=0.5, batch_size=10))
+    compute = out._logical_plan.dag.compute  # the actor pool map_batches was given (Ray internals)
+    assert (compute.min_size, compute.max_size) == (1, 2)
+    table = pa.concat_tables(ray.get(out.to_arrow_refs())).sort_by("ID")
+    assert table.column_names == ["ID", "Final Narrative", "source_code", *("soi_" + n for n in RESULT_SCHEMA.names)]
+    run_ids = set(table.column("soi_run_id").to_pylist())
+    assert len(run_ids) == 1 and len(run_ids.pop()) == 32
+    assert set(table.column("source_code").to_pylist()) == {rows["source_code"][0]}
+    expected = Classifier.load(tiny_bundle, ClassifierConfig(batch_size=16)).classify_table(
+        pa.Table.from_pandas(rows[["ID", "Final Narrative"]], preserve_index=False), text_col="Final Narrative"
+    ).sort_by("ID")
+    assert table.column("soi_source_code").to_pylist() == expected.column("source_code").to_pylist()
+    assert table.column("soi_confidence").to_pylist() == pytest.approx(expected.column("confidence").to_pylist())
+
+
+def test_classify_dataset_checks_accelerator_type_against_the_cluster(tiny_bundle: Path, osha, ray_local) -> None:
+    import ray.data
+
+    from soi_batch.ray_data import RayOptions, classify_dataset
+
+    ds = ray.data.from_pandas(osha[["ID", "Final Narrative"]].iloc[:4])
+    with pytest.raises(ConfigError, match=r"accelerator_type='H100': the Ray cluster has no such accelerator"):
+        classify_dataset(ds, text_col="Final Narrative", model=tiny_bundle, options=RayOptions(accelerator_type="H100"))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"concurrency": 0}, "concurrency must be"),
+    ({"concurrency": (3, 2)}, "concurrency must be"),
+    ({"concurrency": (1, 2, 3)}, "concurrency must be"),
+    ({"concurrency": 2, "num_actors": 2}, "not both"),
+    ({"accelerator_type": ""}, "accelerator_type must be"),
+    ({"accelerator_type": "A10G", "gpus_per_actor": 0}, "drop one of them"),
+])
+def test_ray_options_refuse_settings_ray_would_reject_later(kwargs: dict, match: str) -> None:
+    from soi_batch.ray_data import RayOptions
+
+    with pytest.raises(ConfigError, match=match):
+        RayOptions(**kwargs)
