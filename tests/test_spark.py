@@ -188,10 +188,14 @@ def test_classify_udf_is_a_column_expression_returning_the_result_struct(spark, 
     """``df.select(udf(col).alias("soi"))`` on a real local SparkSession: a struct with the result
     fields, the bare classifier's codes, per-row errors for null/blank texts, one run id, and only
     the fields a query picks."""
+    import warnings
+
     from soi_batch.spark import classify_udf
 
-    soi = classify_udf(model=tiny_bundle, config=ClassifierConfig(engine="hf", top_k=4, batch_size=8),
-                       keep_probabilities=True, run_id="run-udf")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning a user cannot act on (Spark's about UDF type hints)
+        soi = classify_udf(model=tiny_bundle, config=ClassifierConfig(engine="hf", top_k=4, batch_size=8),
+                           keep_probabilities=True, run_id="run-udf")
     out = reports_df.select("row_key", soi(TEXT).alias("soi"))
     assert [(f.name, f.dataType) for f in out.schema["soi"].dataType.fields] == EXPECTED_RESULT_FIELDS + PROB_FIELDS
     rows = [r.asDict(recursive=True) for r in out.orderBy("row_key").collect()]

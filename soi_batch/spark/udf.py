@@ -11,9 +11,10 @@ worker and cached (:mod:`soi_batch.spark.worker`), as for :func:`~soi_batch.spar
 from __future__ import annotations
 
 import uuid
-from functools import partial
 from pathlib import Path
 from typing import Any
+
+import pyarrow as pa
 
 from soi_batch.checks import model_for_workers
 from soi_batch.classifier import ClassifierConfig
@@ -46,7 +47,7 @@ def classify_udf(
         It is marked non-deterministic (``classified_at`` is each batch's time), which also keeps
         Spark from running the model once per selected field of the struct.
     """
-    from pyspark.sql.functions import ArrowUDFType, arrow_udf
+    from pyspark.sql.functions import arrow_udf
 
     if run_id is not None and (not isinstance(run_id, str) or not run_id):
         raise ConfigError(f"run_id must be a non-empty string, or None to generate one; got {run_id!r}")
@@ -57,6 +58,8 @@ def classify_udf(
         run_id=run_id or uuid.uuid4().hex,
         keep_probabilities=keep_probabilities,
     )
-    udf = arrow_udf(partial(classify_column, job), returnType=result_struct(keep_probabilities),
-                    functionType=ArrowUDFType.SCALAR)
+    def classify(texts: pa.Array) -> pa.Array:  # type hints: Spark infers a scalar Arrow UDF from them
+        return classify_column(job, texts)
+
+    udf = arrow_udf(classify, returnType=result_struct(keep_probabilities))
     return udf.asNondeterministic()  # classified_at and run_id: never merged or re-evaluated by the optimizer
