@@ -26,6 +26,7 @@ from scipy.optimize import minimize_scalar
 from soi_batch.errors import CalibrationError, ConfigError, LabelSetError
 
 if TYPE_CHECKING:  # the scorer imports nothing heavy, but keep this module import-light
+    from soi_batch.bundle import Manifest
     from soi_batch.scorer import PathSteps
 
 log = logging.getLogger(__name__)
@@ -145,6 +146,9 @@ def calibrate_bundle(
     batch_size: int = 256,
     cache_dir: Path | None = None,
     write_to: Path | None = None,
+    split: str | None = None,
+    split_fingerprint: str | None = None,
+    allow_training_rows: bool = False,
 ) -> dict[str, float]:
     """Fit T and the review threshold on validation reports; rewrite the bundle's manifest.
 
@@ -155,6 +159,13 @@ def calibrate_bundle(
     ``target_accuracy`` and ``fitted_on`` (description and n); ``metrics["calibration"]``
     records NLL and ECE before (T = 1) and after, and the auto-coded share at the threshold.
     Returns that metrics record.
+
+    ``split`` and ``split_fingerprint`` name the part of a fingerprinted split the rows come from
+    (e.g. ``"validation"`` of the bundled OSHA split).  When the bundle's manifest says its model
+    was trained on that part of that split, a :class:`ConfigError` is raised before any row is
+    scored: a model fitted to its rows is overconfident-looking-right on them, so T and the
+    threshold come out wrong for new reports.  ``allow_training_rows=True`` calibrates anyway,
+    with a warning, and records ``on_training_rows`` in the manifest.
     """
     from soi_batch.bundle import MANIFEST, Calibration, Manifest, load_bundle, write_manifest
     from soi_batch.classifier import Classifier, ClassifierConfig
@@ -166,6 +177,8 @@ def calibrate_bundle(
     if len(validation_texts) != len(validation_codes):
         raise ConfigError(f"{len(validation_texts)} validation texts but {len(validation_codes)} codes")
     bundle = load_bundle(bundle_dir, cache_dir)
+    on_training_rows = check_not_training_rows(bundle.manifest, str(bundle_dir), split, split_fingerprint,
+                                               allow_training_rows=allow_training_rows)
     labels = set(bundle.manifest.labels)
     keep = [i for i, c in enumerate(validation_codes) if c in labels and isinstance(validation_texts[i], str)
             and validation_texts[i].strip()]
@@ -199,6 +212,8 @@ def calibrate_bundle(
         "auto_coded_fraction": float(auto.mean()),
         "auto_coded_accuracy": float(correct[auto].mean()) if auto.any() else float("nan"),
     }
+    if on_training_rows:
+        record["on_training_rows"] = True
     target = Path(write_to) if write_to is not None else bundle.path
     manifest = Manifest.model_validate_json((target / MANIFEST).read_text(encoding="utf-8"))
     manifest.calibration = Calibration(
@@ -206,13 +221,62 @@ def calibrate_bundle(
         review_threshold=threshold,
         review_level="division",
         review_target_accuracy=target_accuracy,
-        fitted_on=f"{fitted_on} (n={len(steps)})",
+        fitted_on=f"{fitted_on} (n={len(steps)})"
+        + (", rows the model was trained on (--allow-training-rows)" if on_training_rows else ""),
     )
     manifest.metrics = {**manifest.metrics, "calibration": record}
     write_manifest(target, manifest)
     log.info("calibrated %s: T=%.4f, threshold %.4f, ECE %.4f -> %.4f", bundle.path, temperature, threshold,
              record["ece_before"], record["ece_after"])
     return record
+
+
+def trained_splits(manifest: Manifest) -> frozenset[str] | None:
+    """The parts of its data split a bundle's model was trained on, as its manifest records them.
+
+    Read from ``train_on`` (``"train"`` or ``"train+validation"``) in the manifest's ``training``
+    block, its ``training.config`` or its ``metrics``; None when the manifest does not say.
+    """
+    config = manifest.training.get("config")
+    for source in (manifest.training, config if isinstance(config, dict) else {}, manifest.metrics):
+        train_on = source.get("train_on")
+        if isinstance(train_on, str) and train_on:
+            return frozenset(part.strip() for part in train_on.split("+"))
+    return None
+
+
+def check_not_training_rows(
+    manifest: Manifest,
+    bundle_name: str,
+    split: str | None,
+    split_fingerprint: str | None,
+    *,
+    allow_training_rows: bool = False,
+) -> bool:
+    """Refuse to calibrate on a split part the bundle's model was trained on.
+
+    The rows are training rows when ``split_fingerprint`` is the manifest's ``data_fingerprint``
+    (the same split of the same data) and ``split`` is one of :func:`trained_splits`.  Raises
+    :class:`ConfigError` then, unless ``allow_training_rows``: that logs a warning and returns
+    True (the caller records it).  Returns False when the rows are not (known to be) training rows.
+    """
+    if split is None or split_fingerprint is None or manifest.data_fingerprint != split_fingerprint:
+        return False
+    trained = trained_splits(manifest)
+    if trained is None or split not in trained:
+        return False
+    what = (f"model bundle {bundle_name!r} ({manifest.model_id} {manifest.model_version}) was trained on the "
+            f"{'+'.join(sorted(trained))} part of this split (data fingerprint "
+            f"{split_fingerprint[:12]}…), which includes the {split!r} rows to calibrate on")
+    if not allow_training_rows:
+        raise ConfigError(f"{what}: a model scores its own training rows too well, so the temperature and review "
+                          f"threshold fitted on them would be wrong for new reports. Calibrate on rows the model "
+                          f"never saw (a bundle trained on 'train' only, or your own labelled held-out reports), or "
+                          f"keep the bundle's calibration; --allow-training-rows (allow_training_rows=True) "
+                          f"overrides this.")
+    log.warning("%s; calibrating anyway (allow_training_rows): the fitted temperature and threshold will be "
+                "overconfident for new reports, and the manifest records on_training_rows", what)
+    return True
 
 
 def _check_target_accuracy(target_accuracy: float) -> None:

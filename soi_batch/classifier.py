@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from numbers import Integral
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -35,9 +35,13 @@ from soi_batch.scorer import (
     check_beam,
     check_temperature,
 )
-from soi_batch.tables import append_results
+from soi_batch.tables import append_results, kept_columns
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
+TableLike = TypeVar("TableLike", pa.Table, "pd.DataFrame")
 _MIN_MAJOR_GROUP_PROB = 1e-6
 DEFAULT_MAX_PROMPT_TOKENS = 512
 
@@ -91,8 +95,32 @@ class ClassifierConfig:
         object.__setattr__(self, "engine_config", engine_options(self.engine, self.engine_options, device=self.device))
 
 
+def _dataframe_texts(frame: object, text_col: str) -> list[object]:
+    """The texts of a pandas DataFrame's ``text_col``, missing values (NaN, None, NA) as None."""
+    import pandas as pd
+
+    if not isinstance(frame, pd.DataFrame):
+        raise InputSchemaError(f"classify_table takes a pyarrow.Table or a pandas.DataFrame, got "
+                               f"{type(frame).__module__}.{type(frame).__name__}")
+    if text_col not in frame.columns:
+        raise InputSchemaError(f"text column {text_col!r} not found; columns are {list(frame.columns)}")
+    column = frame[text_col]
+    if isinstance(column, pd.DataFrame):
+        raise InputSchemaError(f"text column {text_col!r} appears {column.shape[1]} times in the DataFrame; "
+                               "rename or drop the duplicates")
+    return [None if not isinstance(t, str) and pd.api.types.is_scalar(t) and pd.isna(t) else t for t in column]
+
+
 def _is_whole(value: object) -> bool:
     return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+class RankedCode(NamedTuple):
+    """One entry of :attr:`Prediction.top_k`: the fields of the ``top_k`` column's struct."""
+
+    code: str
+    title: str | None
+    prob: float
 
 
 @dataclass(frozen=True)
@@ -104,7 +132,8 @@ class Prediction:
     division_confidence: float | None
     major_group_code: str | None
     major_group_confidence: float | None
-    top_k: list[tuple[str, float]]
+    top_k: list[RankedCode]
+    """The most probable labels, descending: ``(code, title, prob)`` like the ``top_k`` column."""
     division_probs: dict[str, float]
     major_group_probs: dict[str, float]
     needs_review: bool | None
@@ -195,24 +224,64 @@ class Classifier:
                 code=row["source_code"], title=row["source_title"], confidence=row["confidence"],
                 division_code=row["division_code"], division_confidence=row["division_confidence"],
                 major_group_code=row["major_group_code"], major_group_confidence=row["major_group_confidence"],
-                top_k=[(t["code"], t["prob"]) for t in row["top_k"] or []],
+                top_k=[RankedCode(t["code"], t["title"], t["prob"]) for t in row["top_k"] or []],
                 division_probs=dict(row["division_probs"] or []),
                 major_group_probs=dict(row["major_group_probs"] or []),
                 needs_review=row["needs_review"], truncated=bool(row["truncated"]), error=row["error"],
             ))
         return out
 
-    def classify_table(self, table: pa.Table, *, text_col: str, run_id: str | None = None,
-                       keep_probabilities: bool = False) -> pa.Table:
-        """``table`` with the result columns of :data:`soi_batch.schema.RESULT_SCHEMA` appended."""
-        if text_col not in table.column_names:
-            raise InputSchemaError(f"text column {text_col!r} not found; columns are {table.column_names}")
-        texts = table.column(text_col).to_pylist()
+    def classify_table(self, table: TableLike, *, text_col: str, run_id: str | None = None,
+                       keep_probabilities: bool = False) -> TableLike:
+        """``table`` with the result columns of :data:`soi_batch.schema.RESULT_SCHEMA` appended.
+
+        ``table``: a ``pyarrow.Table`` or a ``pandas.DataFrame``; the same kind comes back.  A
+        DataFrame keeps its index and its other columns as they are; the result columns come
+        from the Arrow ones by ``to_pandas()`` (``top_k``: lists of dicts, ``classified_at``:
+        datetime64 UTC).  A column named like a result column is replaced (moved last).
+        """
+        if isinstance(table, pa.Table):
+            columns = list(table.column_names)
+            if text_col not in columns:
+                raise InputSchemaError(f"text column {text_col!r} not found; columns are {columns}")
+            texts = table.column(text_col).to_pylist()
+        else:
+            texts = _dataframe_texts(table, text_col)
         encoded = self.encoder.encode(texts)
         rows, scores, errors = self._score_encoded(encoded)
-        columns = self._result_columns(len(texts), rows, scores, errors, encoded, run_id or uuid.uuid4().hex,
+        results = self._result_columns(len(texts), rows, scores, errors, encoded, run_id or uuid.uuid4().hex,
                                        keep_probabilities)
-        return append_results(table, columns)
+        if isinstance(table, pa.Table):
+            return append_results(table, results)
+        import pandas as pd
+
+        frame = pa.table(results).to_pandas().set_axis(table.index)
+        kept = table.iloc[:, kept_columns([str(c) for c in table.columns], list(results))]
+        return pd.concat([kept, frame], axis=1)
+
+    def code_probabilities(self, texts: Sequence[object]) -> list[dict[str, float] | None]:
+        """Each text's probability for every label code the search reached, most probable first.
+
+        One dict per text (code → calibrated probability; None where the text could not be
+        scored: null, blank, or a scoring error, which :meth:`classify_texts` reports).  With
+        ``ClassifierConfig(beam=None)`` the whole trie is expanded: every label gets its exact
+        probability and the values sum to 1 (slower: every group is scored).  With a beam (default
+        3) only labels under the expanded major groups and groups appear; each listed value is
+        still exact (the same as with ``beam=None``), but labels outside the beam are missing
+        rather than zero-probability, and ``1 - sum(values)`` is their total mass.
+        """
+        encoded = self.encoder.encode(list(texts))
+        rows, scores, _ = self._score_encoded(encoded)
+        out: list[dict[str, float] | None] = [None] * len(encoded)
+        if scores is None:
+            return out
+        labels = self.trie.labels
+        label_p = np.exp(scores.label_logp[:, labels])
+        for j, i in enumerate(rows):
+            reached = np.flatnonzero(label_p[j] > 0)
+            order = reached[np.argsort(-label_p[j, reached], kind="stable")]
+            out[i] = {self.trie.nodes[labels[t]]: float(label_p[j, t]) for t in order}
+        return out
 
     def path_steps(self, texts: Sequence[str], codes: Sequence[str]) -> list[PathSteps]:
         """The engine's scores along each text's true code path (for temperature fitting)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import uuid
 from dataclasses import dataclass, replace
 from numbers import Integral, Real
 from pathlib import Path
@@ -28,6 +29,7 @@ from soi_batch.tables import (
     InputSpec,
     OutputFormat,
     absolute_uri,
+    append_results,
     arrow_reads_directly,
     csv_options,
     read_table,
@@ -38,10 +40,14 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class RayOptions:
+    """How :func:`classify_dataset` runs on Ray Data; ``concurrency`` and ``accelerator_type`` as in
+    ``ray.data.llm``'s processor configs."""
+
     num_actors: int | None = None
-    """Actors in the pool. None: one per GPU when the engine uses GPUs, else 1."""
+    """Actors in a fixed pool. None: ``concurrency``'s, else one per GPU when the engine uses GPUs, else 1."""
     gpus_per_actor: float | None = None
-    """None: 1 when the cluster has GPUs and the engine is not forced to CPU, else 0."""
+    """None: 1 when the cluster has GPUs (or ``accelerator_type`` is set) and the engine is not
+    forced to CPU, else 0."""
     cpus_per_actor: float = 1.0
     """Ray CPU resources each actor reserves (leave some for the read and write tasks)."""
     torch_threads: int | None = None
@@ -49,15 +55,42 @@ class RayOptions:
     batch_size: int | None = None
     """Rows per map_batches call; the classifier splits them into engine batches. None: 512 on
     CPU; on GPUs 8 engine batches, so that concurrent engine batches keep the GPU busy."""
+    concurrency: int | tuple[int, int] | None = None
+    """Actors: ``n`` for a fixed pool of n, ``(m, n)`` for an autoscaling pool between m and n
+    (``1 <= m <= n``), None for the default of ``num_actors``.  Set this or ``num_actors``, not both."""
+    accelerator_type: str | None = None
+    """The accelerator each actor needs, e.g. ``"H100"``, ``"A10G"`` (Ray's
+    ``ray.util.accelerators`` names); None: any.  Implies GPUs; checked against the cluster's
+    ``accelerator_type:…`` resources before the Dataset runs."""
 
     def __post_init__(self) -> None:
         for name in ("num_actors", "torch_threads", "batch_size"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, Integral) or isinstance(value, bool) or value < 1):
+            if value is not None and not _whole_at_least_1(value):
                 raise ConfigError(f"{name} must be a whole number ≥ 1, or None for the default; got {value!r}")
         if self.gpus_per_actor is not None:
             _check_resource("gpus_per_actor", self.gpus_per_actor, ", or None for the default")
         _check_resource("cpus_per_actor", self.cpus_per_actor)
+        if self.concurrency is not None:
+            if self.num_actors is not None:
+                raise ConfigError(f"set concurrency ({self.concurrency!r}) or num_actors ({self.num_actors}), not both")
+            c = self.concurrency
+            fixed = _whole_at_least_1(c)
+            scaling = isinstance(c, tuple) and len(c) == 2 and all(_whole_at_least_1(x) for x in c) and c[0] <= c[1]
+            if not (fixed or scaling):
+                raise ConfigError(f"concurrency must be a whole number n ≥ 1 (a fixed pool of n actors) or a pair "
+                                  f"(m, n) with 1 <= m <= n (an autoscaling pool), or None; got {c!r}")
+        if self.accelerator_type is not None and (not isinstance(self.accelerator_type, str)
+                                                  or not self.accelerator_type.strip()):
+            raise ConfigError(f"accelerator_type must be a Ray accelerator name such as 'H100' or 'A10G', or None; "
+                              f"got {self.accelerator_type!r}")
+        if self.accelerator_type is not None and self.gpus_per_actor == 0:
+            raise ConfigError(f"accelerator_type={self.accelerator_type!r} asks for a GPU, gpus_per_actor=0 for none: "
+                              "drop one of them")
+
+
+def _whole_at_least_1(value: object) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool) and value >= 1
 
 
 def _check_resource(name: str, value: object, or_none: str = "") -> None:
@@ -69,66 +102,110 @@ class ClassifyBatch:
     """Ray Data actor: one :class:`Classifier` per actor, Arrow batch in → Arrow batch out."""
 
     def __init__(self, model: str | None, config: ClassifierConfig, text_col: str, run_id: str,
-                 keep_probabilities: bool, torch_threads: int | None) -> None:
+                 keep_probabilities: bool, torch_threads: int | None, column_prefix: str = "") -> None:
         if torch_threads:
             set_torch_threads(torch_threads)  # this actor owns its process
         self.classifier = Classifier.load(model, config)
         self.text_col = text_col
         self.run_id = run_id
         self.keep_probabilities = keep_probabilities
+        self.column_prefix = column_prefix
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return self.classifier.classify_table(batch, text_col=self.text_col, run_id=self.run_id,
-                                              keep_probabilities=self.keep_probabilities)
+        if not self.column_prefix:
+            return self.classifier.classify_table(batch, text_col=self.text_col, run_id=self.run_id,
+                                                  keep_probabilities=self.keep_probabilities)
+        texts = pa.table({self.text_col: batch.column(self.text_col)})
+        results = self.classifier.classify_table(texts, text_col=self.text_col, run_id=self.run_id,
+                                                 keep_probabilities=self.keep_probabilities).drop_columns([self.text_col])
+        return append_results(batch, results.rename_columns([self.column_prefix + n for n in results.column_names]))
+
+
+def _cluster_resources() -> dict[str, float]:
+    import ray
+
+    return dict(ray.cluster_resources())
 
 
 def _cluster_gpus() -> int:
-    import ray
+    return int(_cluster_resources().get("GPU", 0))
 
-    return int(ray.cluster_resources().get("GPU", 0))
+
+def _check_accelerator(accelerator_type: str) -> None:
+    """The cluster must offer ``accelerator_type`` now, or the actors would wait for it forever."""
+    have = sorted(k.split(":", 1)[1] for k in _cluster_resources() if k.startswith("accelerator_type:"))
+    if accelerator_type not in have:
+        raise ConfigError(f"accelerator_type={accelerator_type!r}: the Ray cluster has no such accelerator "
+                          f"(it has {have or 'none'}); use one of those, or leave accelerator_type unset")
 
 
 def classify_dataset(ds: Any, *, text_col: str, model: str | Path | None = None,
-                     config: ClassifierConfig = ClassifierConfig(), run_id: str, keep_probabilities: bool = False,
-                     options: RayOptions = RayOptions(), cache_dir: Path | None = None) -> Any:
+                     config: ClassifierConfig | None = None, run_id: str | None = None,
+                     keep_probabilities: bool = False, options: RayOptions | None = None,
+                     cache_dir: Path | None = None, column_prefix: str = "") -> Any:
     """``ds`` (a ``ray.data.Dataset``) with the result columns appended, lazily.
 
     ``model`` (a name, bundle directory or hub id) is resolved on the driver: a named model is built
     once into ``cache_dir`` and every actor loads the same directory.  Ray must already be initialised
-    (``ray.init()``); this function does not start it.  The model bundle and ``text_col`` (present,
-    string) are checked here, before the Dataset runs.
+    (``ray.init()``); this function does not start it.  The model bundle, ``text_col`` (present,
+    string), the settings against the actors' device and ``options.accelerator_type`` against the
+    cluster are checked here, before the Dataset runs.
+
+    ``run_id``: stored in every row's ``run_id`` column (None: a new uuid4 hex, logged).
+    ``column_prefix``: put before every result column's name (e.g. ``"soi_"`` gives
+    ``soi_source_code``); an input column with a resulting name is replaced.
+    ``options``: the actor pool (:class:`RayOptions`: ``concurrency``, ``accelerator_type``, …).
     """
+    config = ClassifierConfig() if config is None else config
+    options = RayOptions() if options is None else options
+    if not isinstance(column_prefix, str):
+        raise ConfigError(f"column_prefix must be a string ('' for none), got {column_prefix!r}")
+    if run_id is not None and (not isinstance(run_id, str) or not run_id):
+        raise ConfigError(f"run_id must be a non-empty string, or None to generate one; got {run_id!r}")
     model_path = model_for_workers(model, cache_dir)  # BundleError now, not ActorDiedError from an actor later
     require_dataset_text(ds, text_col)
+    if options.accelerator_type is not None:
+        _check_accelerator(options.accelerator_type)
     gpus = options.gpus_per_actor
     if gpus is None:
-        gpus = 1.0 if _cluster_gpus() > 0 and config.device != "cpu" else 0.0
+        wants_gpu = options.accelerator_type is not None or _cluster_gpus() > 0
+        gpus = 1.0 if wants_gpu and config.device != "cpu" else 0.0
     if config.engine == "vllm" and gpus == 0:
         raise ConfigError("engine 'vllm' needs GPUs; the Ray cluster has none (use engine='hf')")
-    actors = options.num_actors
-    if actors is None:
-        actors = max(1, int(_cluster_gpus() // gpus)) if gpus else 1
-    if gpus and config.device == "auto":
-        config = replace(config, device="cuda")
+    if options.concurrency is not None:
+        pool = options.concurrency
+    elif options.num_actors is not None:
+        pool = options.num_actors
+    else:
+        pool = max(1, int(_cluster_gpus() // gpus)) if gpus else 1
+    most = pool[1] if isinstance(pool, tuple) else pool
+    if config.device == "auto":  # the actors' device, so settings that make no sense there fail now
+        config = replace(config, device="cuda" if gpus else "cpu")
     batch_size = options.batch_size
     if batch_size is None:
         batch_size = max(512, 8 * config.batch_size) if gpus else 512
-    log.info("Ray Data: %d actor(s), %.2g GPU and %.2g CPU each, batches of %d rows",
-             actors, gpus, options.cpus_per_actor, batch_size)
+    if run_id is None:
+        run_id = uuid.uuid4().hex
+    log.info("Ray Data run %s: %s actor(s), %.2g GPU%s and %.2g CPU each, batches of %d rows", run_id,
+             f"{pool[0]}..{pool[1]}" if isinstance(pool, tuple) else pool, gpus,
+             f" ({options.accelerator_type})" if options.accelerator_type else "", options.cpus_per_actor, batch_size)
     from ray.data import ActorPoolStrategy
 
+    compute = (ActorPoolStrategy(min_size=pool[0], max_size=pool[1]) if isinstance(pool, tuple)
+               else ActorPoolStrategy(size=pool))
     return ds.map_batches(
         ClassifyBatch,
-        fn_constructor_kwargs=dict(
-            model=model_path, config=config, text_col=text_col, run_id=run_id,
-            keep_probabilities=keep_probabilities,
-            torch_threads=None if gpus else (options.torch_threads or max(1, (os.cpu_count() or 1) // actors)),
-        ),
+        fn_constructor_kwargs={
+            "model": model_path, "config": config, "text_col": text_col, "run_id": run_id,
+            "keep_probabilities": keep_probabilities, "column_prefix": column_prefix,
+            "torch_threads": None if gpus else (options.torch_threads or max(1, (os.cpu_count() or 1) // most)),
+        },
         batch_format="pyarrow",
         batch_size=batch_size,
-        compute=ActorPoolStrategy(size=actors),
+        compute=compute,
         num_gpus=gpus,
         num_cpus=options.cpus_per_actor,
+        accelerator_type=options.accelerator_type,
     )  # Ray Data's actor pools restart dead actors and retry their batches by default
 
 
@@ -175,13 +252,21 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None,
     """Start local Ray (no dashboard) or connect to ``address``; a no-op when already running.
 
     ``num_cpus`` and ``object_store_memory`` (bytes) size a local Ray; a cluster keeps its own.
+    No cluster at ``address`` (e.g. ``"auto"`` with none running) is a :class:`ConfigError`
+    naming the address and the fix.
     """
     import ray
 
     if ray.is_initialized():
         return
     if address:
-        ray.init(address=address, log_to_driver=True)
+        try:
+            ray.init(address=address, log_to_driver=True)
+        except ConnectionError as exc:
+            raise ConfigError(
+                f"cannot connect to the Ray cluster at address {address!r} ({str(exc).splitlines()[0]}): start one "
+                f"there first (`ray start --head` on the head node), pass the right address (--ray-address or "
+                f"RAY_ADDRESS, e.g. ray://head:10001), or leave the address unset to start a local Ray") from None
     else:
         ray.init(num_cpus=os.cpu_count() if num_cpus is None else num_cpus, object_store_memory=object_store_memory,
                  include_dashboard=False, log_to_driver=True, configure_logging=True, logging_level=logging.WARNING)

@@ -89,8 +89,8 @@ def test_axolotl_qlora_chain_to_bundle_and_classify(tmp_path: Path) -> None:
         assert 0 < p.confidence <= 1
         assert abs(sum(p.division_probs.values()) - 1) < 1e-4
         # top_k: valid labels, most probable first, none more probable than its division
-        probs = [prob for _, prob in p.top_k]
+        probs = [prob for _, _, prob in p.top_k]
         assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
-        assert all(bundle.taxonomy.is_label(c) and prob <= p.division_probs[c[0]] + 1e-6 for c, prob in p.top_k)
-    # and it round-trips through JSON as [code, probability] pairs
-    assert json.loads(json.dumps([p.top_k for p in preds])) == [[[c, prob] for c, prob in p.top_k] for p in preds]
+        assert all(bundle.taxonomy.is_label(c) and prob <= p.division_probs[c[0]] + 1e-6 for c, _, prob in p.top_k)
+    # and it round-trips through JSON as [code, title, probability] triples
+    assert json.loads(json.dumps([p.top_k for p in preds])) == [[list(t) for t in p.top_k] for p in preds]

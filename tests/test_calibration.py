@@ -16,6 +16,7 @@ from soi_batch.calibration import (
     fit_temperature,
     path_nll,
 )
+from soi_batch.errors import ConfigError
 from soi_batch.metrics import expected_calibration_error
 from soi_batch.scorer import LabelTrie, PathSteps
 from soi_batch.taxonomy import EOS_SLOT, load_taxonomy
@@ -144,3 +145,66 @@ def test_root_step_confidence_matches_the_embedded_soi_mini(osha: pd.DataFrame) 
         assert conf == pytest.approx([p.division_confidence for p in preds], abs=1e-5)
     fitted = fit_temperature(steps)
     assert path_nll(steps, fitted) <= path_nll(steps, 1.0) + 1e-9
+
+
+def _no_scoring(*args: object, **kwargs: object) -> None:
+    raise AssertionError("a validation row was about to be scored")
+
+
+def test_calibrate_refuses_the_rows_soi_mini_was_trained_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """The shipped soi-mini 0.2.0 was trained on train+validation of the bundled OSHA split: calibrating
+    it on that validation part must stop with the bundle, the split and the fix named, before any row
+    is scored (loading the classifier raises here) and without touching the manifest."""
+    from soi_batch.bundle import EMBEDDED_DEFAULT
+    from soi_batch.classifier import Classifier
+    from soi_batch.cli import main
+
+    monkeypatch.setattr(Classifier, "load", _no_scoring)
+    shutil.copy(EMBEDDED_DEFAULT / "soi_model.json", tmp_path / "soi_model.json")
+    before = (tmp_path / "soi_model.json").read_bytes()
+    assert main(["calibrate", "--model", "soi-mini", "--write-to", str(tmp_path), "--limit", "20"]) == 2
+    err = capsys.readouterr().err
+    assert "'soi-mini'" in err and "trained on the train+validation part" in err
+    assert "'validation' rows" in err and "--allow-training-rows" in err
+    assert (tmp_path / "soi_model.json").read_bytes() == before
+
+
+@pytest.mark.slow
+def test_calibrate_on_training_rows_when_allowed_warns_and_records_it(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """--allow-training-rows calibrates soi-mini on 20 real validation rows anyway, with a WARNING, and the
+    manifest says so (fitted_on and metrics.calibration.on_training_rows)."""
+    import logging
+
+    from soi_batch.bundle import EMBEDDED_DEFAULT
+    from soi_batch.cli import main
+
+    shutil.copy(EMBEDDED_DEFAULT / "soi_model.json", tmp_path / "soi_model.json")
+    with caplog.at_level(logging.WARNING, logger="soi_batch.calibration"):
+        assert main(["calibrate", "--model", "soi-mini", "--write-to", str(tmp_path), "--limit", "20",
+                     "--allow-training-rows"]) == 0
+    assert any(r.levelno == logging.WARNING and "calibrating anyway" in r.getMessage() for r in caplog.records)
+    manifest = json.loads((tmp_path / "soi_model.json").read_text())
+    assert manifest["metrics"]["calibration"]["on_training_rows"] is True
+    assert manifest["metrics"]["calibration"]["n"] == 20
+    assert "rows the model was trained on" in manifest["calibration"]["fitted_on"]
+    assert json.loads((EMBEDDED_DEFAULT / "soi_model.json").read_text())["calibration"]["temperature"] != \
+        manifest["calibration"]["temperature"]
+
+
+def test_calibrate_bundle_accepts_rows_of_another_split_or_an_untrained_part() -> None:
+    """soi-small was trained on 'train' only: its validation part is held out; and a fingerprint of
+    another split is not the rows the bundle was trained on."""
+    from soi_batch.bundle import EMBEDDED_DEFAULT, Manifest
+    from soi_batch.calibration import check_not_training_rows, trained_splits
+
+    small = Manifest.model_validate_json(
+        (EMBEDDED_DEFAULT.parent / "soi-small" / "soi_model.json").read_text(encoding="utf-8"))
+    mini = Manifest.model_validate_json((EMBEDDED_DEFAULT / "soi_model.json").read_text(encoding="utf-8"))
+    assert trained_splits(small) == {"train"} and trained_splits(mini) == {"train", "validation"}
+    assert not check_not_training_rows(small, "soi-small", "validation", small.data_fingerprint)
+    assert not check_not_training_rows(mini, "soi-mini", "validation", "0" * 64)
+    assert not check_not_training_rows(mini, "soi-mini", "test", mini.data_fingerprint)
+    with pytest.raises(ConfigError, match="soi-mini"):
+        check_not_training_rows(mini, "soi-mini", "train", mini.data_fingerprint)

@@ -53,8 +53,15 @@ def test_compiled_hf_engine_gives_the_eager_results(tiny_bundle, osha):
         assert y.division_probs == pytest.approx(x.division_probs, abs=1e-5)
 
 
+def _fp8_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9)
+
+
+@pytest.mark.skipif(not _fp8_gpu(), reason="needs a GPU with FP8 tensor cores (fp8 on the CPU is refused)")
 def test_fp8_hf_engine_keeps_soi_mini_divisions(osha):
-    """FP8 rowwise W8A8 (run here through torch's CPU ``_scaled_mm``) on the shipped model:
+    """FP8 rowwise W8A8 (torch's ``_scaled_mm`` on FP8 tensor cores) on the shipped model:
     every decoder linear layer is replaced, and the division agrees with full precision on
     ≥ 95 % of 200 OSHA rows (measured 98 % on 400 validation rows, 2026-11-24)."""
     from soi_batch.engines.fp8 import Float8RowwiseLinear
@@ -82,3 +89,23 @@ def test_concurrent_batches_give_the_same_results(tiny_bundle, osha):
     assert [p.confidence for p in a] == pytest.approx([p.confidence for p in b], abs=1e-6, nan_ok=True)
     with pytest.raises(ConfigError, match="concurrent_batches"):
         ClassifierConfig(concurrent_batches=0)
+
+
+def test_fp8_on_the_cpu_is_refused_with_the_fix(tiny_bundle, monkeypatch):
+    """fp8 has no CPU hardware (emulated: slower, different scores): refused when the config names the
+    CPU, and when "auto" resolves to it, before any weights are read (loading them raises here)."""
+    import transformers
+
+    with pytest.raises(ConfigError, match=r"quantization='fp8' needs a GPU.*Leave quantization unset.*'int8'"):
+        ClassifierConfig(engine="hf", device="cpu", engine_options={"quantization": "fp8", "compile": True})
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("weights were about to be loaded")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_weights)
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("device 'auto' resolves to the GPU here")
+    with pytest.raises(ConfigError, match=r"quantization='fp8' needs a GPU.*device 'auto'"):
+        Classifier.load(tiny_bundle, ClassifierConfig(engine="hf", engine_options={"quantization": "fp8"}))

@@ -182,3 +182,35 @@ def test_embedded_soi_mini_by_default(spark, reports_df):
     assert {r.model_id.split("@")[0] for r in rows} == {"soi-mini"}
     assert all(r.source_code in LABELS for r in rows[:10]) and all(r.error is None for r in rows[:10])
     assert [r.error for r in rows[10:]] == ["text is null", "text is empty", "text is empty"]
+
+
+def test_classify_udf_is_a_column_expression_returning_the_result_struct(spark, reports, reports_df, tiny_bundle):
+    """``df.select(udf(col).alias("soi"))`` on a real local SparkSession: a struct with the result
+    fields, the bare classifier's codes, per-row errors for null/blank texts, one run id, and only
+    the fields a query picks."""
+    import warnings
+
+    from soi_batch.spark import classify_udf
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning a user cannot act on (Spark's about UDF type hints)
+        soi = classify_udf(model=tiny_bundle, config=ClassifierConfig(engine="hf", top_k=4, batch_size=8),
+                           keep_probabilities=True, run_id="run-udf")
+    out = reports_df.select("row_key", soi(TEXT).alias("soi"))
+    assert [(f.name, f.dataType) for f in out.schema["soi"].dataType.fields] == EXPECTED_RESULT_FIELDS + PROB_FIELDS
+    rows = [r.asDict(recursive=True) for r in out.orderBy("row_key").collect()]
+    assert len(rows) == reports.num_rows
+    bare = Classifier.load(tiny_bundle, ClassifierConfig(engine="hf", top_k=4)).classify_table(
+        reports, text_col=TEXT).to_pylist()
+    assert [r["soi"]["source_code"] for r in rows] == [r["source_code"] for r in bare]
+    good, bad = rows[: -len(BAD_TEXTS)], rows[-len(BAD_TEXTS):]
+    assert [r["soi"]["confidence"] for r in good] == pytest.approx([r["confidence"] for r in bare[:len(good)]],
+                                                                    rel=1e-4)
+    assert [r["soi"]["error"] for r in bad] == ["text is null", "text is empty", "text is empty"]
+    assert all(len(r["soi"]["top_k"]) <= 4 and len(r["soi"]["division_probs"]) == 9 for r in good)
+    assert {r["soi"]["run_id"] for r in rows} == {"run-udf"}
+
+    picked = reports_df.select("ID", soi(TEXT).alias("soi")).select("ID", "soi.source_code", "soi.confidence")
+    assert picked.columns == ["ID", "source_code", "confidence"]
+    assert sorted(r.source_code for r in picked.collect() if r.source_code) == sorted(
+        r["source_code"] for r in bare if r["source_code"])

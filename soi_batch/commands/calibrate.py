@@ -25,6 +25,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="division accuracy the auto-coded part must reach (default: %(default)s)")
     p.add_argument("--limit", type=int, default=None, help="use a seeded random sample of N validation rows")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--allow-training-rows", action="store_true",
+                   help="calibrate even when the bundle's manifest says its model was trained on the validation "
+                        "rows (soi-mini 0.2.0 is): refused by default, because T and the threshold fitted on "
+                        "training rows are wrong for new reports; with it a warning is logged and the manifest "
+                        "records on_training_rows")
     p.set_defaults(func=run)
 
 
@@ -37,7 +42,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.model} is built from its shipped adapter, whose manifest replaces the built one on "
                           "every load: pass --write-to DIR (the folder holding that adapter's soi_model.json)")
     record = calibrate_bundle(args.model, data.texts, data.labels, args.target_accuracy,
-                              fitted_on=data.description, cache_dir=args.cache_dir, write_to=args.write_to)
+                              fitted_on=data.description, cache_dir=args.cache_dir, write_to=args.write_to,
+                              split=data.details["split"], split_fingerprint=data.details["split_fingerprint"],
+                              allow_training_rows=args.allow_training_rows)
     print(f"temperature {record['temperature']:.4f}; review threshold {record['review_threshold']:.4f} "
           f"(division, target {record['target_accuracy']}); auto-coded {record['auto_coded_fraction']:.1%} at "
           f"accuracy {record['auto_coded_accuracy']:.4f}")

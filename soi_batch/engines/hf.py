@@ -86,6 +86,20 @@ class HFEngineConfig:
             raise ConfigError(f"num_threads must be ≥ 1 or None, got {self.num_threads}")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ConfigError(f"dtype must be auto, float32, bfloat16 or float16; got {self.dtype!r}")
+        if self.device != "auto":
+            self.check_device(self.device)
+
+    def check_device(self, device: str) -> None:
+        """Refuse settings that make no sense on ``device`` (the resolved one: "cpu", "cuda", "cuda:1" ..).
+
+        fp8 on the CPU has no FP8 hardware: torch emulates it, much slower than float32, and the
+        scores change; int8 is the CPU's quantization.
+        """
+        if self.quantization == "fp8" and device == "cpu":
+            raise ConfigError("quantization='fp8' needs a GPU with FP8 tensor cores, and the engine runs on the CPU "
+                              f"(device {self.device!r}): there fp8 is emulated, slower than float32 and it changes "
+                              "the scores. Leave quantization unset (or use quantization='int8' on the CPU), "
+                              "or run on a GPU")
 
 
 @dataclass
@@ -119,7 +133,9 @@ class HFEngine(Engine):
     @classmethod
     def build(cls, inputs: EngineInputs, options: HFEngineConfig) -> HFEngine:
         """The engine for ``inputs``; sets torch's threads first when ``options.num_threads`` asks (CPU)."""
-        if options.num_threads is not None and resolve_device(options.device) == "cpu":
+        device = resolve_device(options.device)
+        options.check_device(device)  # "auto" resolved: before any weights are read
+        if options.num_threads is not None and device == "cpu":
             set_torch_threads(options.num_threads)
         return cls(inputs.bundle, inputs.shared_prefix_ids, inputs.label_token_ids, options,
                    first_level_digits=inputs.first_digits)

@@ -1,4 +1,5 @@
-"""Spark notebook API: ``classify_df(df)`` appends the classifier's result columns, lazily.
+"""Spark notebook API: ``classify_df(df)`` appends the classifier's result columns, lazily;
+``classify_udf(...)`` is the same as a column expression returning one struct.
 
 The DataFrame goes through ``DataFrame.mapInArrow``: each Python worker gets Arrow
 ``RecordBatch``\\es (``spark.sql.execution.arrow.maxRecordsPerBatch`` rows each, 10,000 by
@@ -18,14 +19,15 @@ task's ``spark.task.cpus`` threads.
 Nothing here changes the session's configuration.
 
 Modules: ``classify`` (``classify_df``, on the driver), ``worker`` (the cached classifier and the
-``mapInArrow`` function, on the executors), ``columns`` (result types, DataFrame checks), ``gpus``
+``mapInArrow`` and UDF functions, on the executors), ``udf`` (``classify_udf``), ``columns`` (result types, DataFrame checks), ``gpus``
 (resource profiles), ``write`` (Parquet / Delta).
 """
 
 from soi_batch.spark.classify import DEFAULT_TEXT_COL, classify_df
 from soi_batch.spark.columns import result_struct
 from soi_batch.spark.gpus import gpu_resource_profile
+from soi_batch.spark.udf import classify_udf
 from soi_batch.spark.worker import worker_state
 from soi_batch.spark.write import write_results
 
-__all__ = ["DEFAULT_TEXT_COL", "classify_df", "gpu_resource_profile", "result_struct", "worker_state", "write_results"]
+__all__ = ["DEFAULT_TEXT_COL", "classify_df", "classify_udf", "gpu_resource_profile", "result_struct", "worker_state", "write_results"]

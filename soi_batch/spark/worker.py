@@ -92,3 +92,23 @@ def classify_partition(job: PartitionJob, batches: Iterator[pa.RecordBatch]) -> 
         table = classifier.classify_table(pa.Table.from_batches([batch]), text_col=job.text_col,
                                           run_id=job.run_id, keep_probabilities=job.keep_probabilities)
         yield from table.combine_chunks().to_batches()
+
+
+def classify_column(job: PartitionJob, texts: pa.Array) -> pa.Array:
+    """Arrow UDF function: a column of narratives → a struct column of the result fields (same rows)."""
+    if isinstance(texts, pa.ChunkedArray):
+        texts = texts.combine_chunks()
+    if len(texts) == 0:
+        return pa.array([], type=pa.struct(list(_result_fields(job.keep_probabilities))))
+    classifier = _worker_classifier(job.model, _task_config(job.config))
+    table = classifier.classify_table(pa.table({job.text_col: texts}), text_col=job.text_col, run_id=job.run_id,
+                                      keep_probabilities=job.keep_probabilities)
+    results = table.drop_columns([job.text_col]).combine_chunks()
+    return pa.StructArray.from_arrays([c.chunk(0) if c.num_chunks else pa.array([], c.type) for c in results.columns],
+                                      fields=list(results.schema))
+
+
+def _result_fields(keep_probabilities: bool) -> list[pa.Field]:
+    from soi_batch.schema import PROBABILITIES_SCHEMA, RESULT_SCHEMA
+
+    return list(RESULT_SCHEMA) + (list(PROBABILITIES_SCHEMA) if keep_probabilities else [])
