@@ -26,6 +26,7 @@ from soi_batch.bundle import load_bundle, write_manifest
 from soi_batch.errors import ConfigError
 from soi_batch.nightly import NightlyConfig, run_nightly
 from soi_batch.nightly.manifest import RunManifest, total_variation
+from soi_batch.nightly.runs import RunLock
 from soi_batch.nightly.select import TEXT_SHA_COL, InputSource, RowBits, open_state, select_rows
 from soi_batch.nightly.sink import NEW_ID_COL, ConcurrentWriteError, DeltaSink
 from soi_batch.tables import inspect_input
@@ -145,9 +146,65 @@ def test_sink_appends_new_ids_merges_known_and_stops_on_another_writer(tmp_path:
     assert dict(zip(*table.to_pyarrow_dataset().to_table().to_pydict().values())) == {"a": "x", "b": "y", "c": "y"}
 
     write_deltalake(str(tmp_path / "out"), pa.table({"row_key": ["z"], "label": ["other job"]}), mode="append")
-    with pytest.raises(ConcurrentWriteError, match="another writer committed to the table before this chunk"):
+    with pytest.raises(ConcurrentWriteError, match="another writer committed to the table"):
         sink.commit(chunk(["d"], "y", [True]))
     assert DeltaTable(str(tmp_path / "out")).to_pyarrow_dataset().count_rows() == 4  # nothing of "d" written
+
+
+def _chunk(keys: list[str], label: str, new: list[bool]) -> pa.Table:
+    return pa.table({"row_key": keys, "label": [label] * len(keys), NEW_ID_COL: new})
+
+
+@pytest.mark.parametrize("operation", ["append", "merge"])
+def test_second_writer_between_read_and_commit_is_refused_by_the_table(tmp_path: Path, operation: str) -> None:
+    """Forced interleaving: writer B commits after writer A has read the table and before A commits.
+
+    Both selected the same 200 ids as new (or known); before, A's commit went through too (400 rows
+    for 200 ids after two appends) and A noticed only afterwards."""
+    uri = str(tmp_path / "out")
+    schema = pa.schema([("row_key", pa.string()), ("label", pa.string())])
+    keys = [f"sir-{i:05d}" for i in range(200)]
+    setup = DeltaSink(uri, "row_key", schema, run_id="setup")
+    setup.ensure_table()
+    if operation == "merge":
+        setup.commit(_chunk(keys, "old", [True] * 200))
+    a = DeltaSink(uri, "row_key", schema, run_id="job-a")
+    b = DeltaSink(uri, "row_key", schema, run_id="job-b")
+    assert a.ensure_table() == b.ensure_table()
+    new = operation == "append"
+    seen: list[str] = []
+
+    def b_commits_now(op: str) -> None:
+        seen.append(op)
+        b.commit(_chunk(keys, "b", [new] * 200))  # a second handle, a real commit
+
+    a.before_commit = b_commits_now
+    with pytest.raises(ConcurrentWriteError, match=f"(?i)another writer committed.*this {operation} was not committed"):
+        a.commit(_chunk(keys, "a", [new] * 200))
+    assert seen == [operation]
+    table = DeltaTable(uri)
+    rows = table.to_pyarrow_dataset().to_table().to_pandas()
+    assert len(rows) == 200 and rows["row_key"].is_unique and set(rows["label"]) == {"b"}
+    assert {h.get("soi_batch_run_id") for h in table.history()} >= {"job-b"}
+    assert "job-a" not in {h.get("soi_batch_run_id") for h in table.history()}
+
+
+def test_duplicate_ids_in_the_output_are_repaired_in_one_commit(tmp_path: Path) -> None:
+    uri = str(tmp_path / "out")
+    rows = pa.table({"row_key": ["a", "b", "c", "b", "c", "c", "it's"] + ["it's"],
+                     "error": [None, None, "failed", "failed", None, "failed", None, None],
+                     "label": ["a", "b1", "c1", "b2", "c2", "c3", "q1", "q2"]})
+    write_deltalake(uri, rows.slice(0, 4))
+    write_deltalake(uri, rows.slice(4), mode="append")
+    sink = DeltaSink(uri, "row_key", rows.schema, run_id="r")
+    assert sink.ensure_table() == 1
+    assert sorted(sink.duplicate_ids()) == ["b", "c", "it's"]
+    assert sink.repair_duplicate_ids() == ["b", "c", "it's"]
+    table = DeltaTable(uri)
+    assert table.version() == 2 == sink.version and table.history()[0]["operation"] == "WRITE"
+    kept = dict(zip(*table.to_pyarrow_dataset().to_table(columns=["row_key", "label"]).to_pydict().values()))
+    assert kept == {"a": "a", "b": "b1", "c": "c2", "it's": "q2"}  # a row without error; else the last read
+    assert table.to_pyarrow_dataset().count_rows() == 4 and sink.repair_duplicate_ids() == []
 
 
 def test_total_variation() -> None:
@@ -220,6 +277,42 @@ def test_incremental_runs(tmp_path: Path, osha: pd.DataFrame, tiny_bundle: Path,
     loaded = [RunManifest.model_validate_json(p.read_text()) for p in manifests]
     assert {m.run_id for m in loaded[:4]} == {m.run_id for m in (m1, m2, m3, m4)}
     assert all(m.status == "completed" and m.ended_at and m.wall_seconds for m in loaded)
+
+
+def test_run_repairs_duplicate_ids_and_keeps_a_live_runs_staging(
+        tmp_path: Path, osha: pd.DataFrame, tiny_bundle: Path, ray_local, caplog: pytest.LogCaptureFixture) -> None:
+    _write(tmp_path / "input", _rows(osha, 0, 100))
+    first = run_nightly(_config(tmp_path, tiny_bundle))
+    assert first.status == "completed" and first.counts.inserted == 100
+    # 30 ids twice in the output, as two writers committing the same chunk left them
+    out = DeltaTable(str(tmp_path / "out"))
+    again = out.to_pyarrow_dataset().to_table().slice(10, 30)
+    write_deltalake(str(tmp_path / "out"), again, mode="append")
+    doubled = sorted(again.column("row_key").to_pylist())
+    # another job sharing the staging folder is running (holds its lock); a killed one left its staging
+    staging = tmp_path / "out_manifests" / "_staging"
+    live = RunLock(staging, "live-run")
+    (staging / "live-run").mkdir()
+    (staging / "live-run" / "part-00000.parquet").write_bytes(b"in use")
+    (staging / "dead-run").mkdir()
+    (staging / "dead-run.lock").write_text("4242\n")
+    _write(tmp_path / "input", _rows(osha, 0, 120))
+    try:
+        with caplog.at_level("WARNING", logger="soi_batch.nightly"):
+            m = run_nightly(_config(tmp_path, tiny_bundle))
+        assert (staging / "live-run" / "part-00000.parquet").read_bytes() == b"in use"
+        assert not (staging / "dead-run").exists() and not (staging / "dead-run.lock").exists()
+    finally:
+        live.release()
+    assert m.status == "completed" and m.counts.duplicate_ids_repaired == 30 and m.counts.repaired_ids == doubled
+    assert any("held 30 id(s) more than once" in r.getMessage() for r in caplog.records)
+    assert m.counts.classified == 20 and m.counts.skipped == 100
+    result = _output(tmp_path / "out")
+    assert len(result) == 120 and result["row_key"].is_unique
+    assert m.output_version_end == m.output_version_start + 2  # the repair, then one append
+    saved = RunManifest.model_validate_json(next(
+        p for p in (tmp_path / "out_manifests").glob("run-*.json") if m.run_id[:8] in p.name).read_text())
+    assert saved.counts.repaired_ids == doubled
 
 
 def _descendants_matching(root: int, needle: str) -> list[psutil.Process]:

@@ -130,13 +130,14 @@ class Selection:
         return sum(v for v in self.reasons.values())
 
 
-def open_state(output: str, id_col: str) -> pads.Dataset | None:
-    """The output table as a dataset (checked for the state columns), or None if it does not exist yet."""
+def open_state(output: str, id_col: str, version: int | None = None) -> pads.Dataset | None:
+    """The output table (at ``version``, else the latest) as a dataset, checked for the state
+    columns; None if it does not exist yet."""
     from deltalake import DeltaTable
     from deltalake.exceptions import TableNotFoundError
 
     try:
-        table = DeltaTable(output)
+        table = DeltaTable(output, version=version)
     except TableNotFoundError:
         return None
     names = pa.schema(table.schema().to_arrow()).names
