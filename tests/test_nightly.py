@@ -23,7 +23,7 @@ import pytest
 from deltalake import DeltaTable, write_deltalake
 
 from soi_batch.bundle import load_bundle, write_manifest
-from soi_batch.errors import ConfigError
+from soi_batch.errors import ConfigError, InputSchemaError
 from soi_batch.nightly import NightlyConfig, run_nightly
 from soi_batch.nightly.manifest import RunManifest, total_variation
 from soi_batch.nightly.runs import RunLock
@@ -363,11 +363,17 @@ def test_sigkill_job_then_rerun(tmp_path: Path, osha: pd.DataFrame, tiny_bundle:
             child.kill()
     committed = _committed_rows(tmp_path / "out")
     assert 50 <= committed < n, f"kill did not land mid-run ({committed} of {n} rows committed)"
-    crashed = [RunManifest.model_validate_json(p.read_text()) for p in (tmp_path / "out_manifests").glob("run-*.json")]
-    assert [m.status for m in crashed] == ["running"]
+    paths = list((tmp_path / "out_manifests").glob("run-*.json"))
+    crashed = [RunManifest.model_validate_json(p.read_text()) for p in paths]
+    assert [m.status for m in crashed] == ["running"] and crashed[0].counts.classified == 0
 
     m = run_nightly(_config(tmp_path, tiny_bundle, chunk_rows=500))
     assert m.counts.skipped == committed and m.counts.classified == n - committed
+    # the killed run's manifest now says what it committed (from the table's commit metadata)
+    killed = RunManifest.model_validate_json(paths[0].read_text())
+    assert killed.status == "interrupted" and m.run_id in killed.error
+    assert killed.counts.classified == killed.counts.inserted == committed and killed.chunks_committed == committed // 50
+    assert killed.output_version_end == m.output_version_start
     out = _output(tmp_path / "out")
     assert len(out) == n and out["row_key"].is_unique and set(out["row_key"]) == set(_rows(osha, 0, n)["row_key"])
     assert out["source_code"].notna().all()
@@ -406,3 +412,66 @@ def test_actor_killed_mid_run_is_restarted(tmp_path: Path, osha: pd.DataFrame, t
     assert m.status == "completed" and m.counts.classified == n
     out = _output(out_path)
     assert len(out) == n and out["row_key"].is_unique and out["source_code"].notna().all()
+
+
+OSHA_REPEATED_IDS = ["2015010015", "2015010016", "2015010018", "2015010020", "2015010021"]
+"""IDs that OSHA's 2015-2016 file gives to two different incidents each (other dates, employers)."""
+
+
+def test_osha_key_documented_in_the_readme_is_unique(osha: pd.DataFrame) -> None:
+    """The README tells OSHA users which key to use: check it on the real 2015-2016 file."""
+    assert len(osha) == 19_947
+    repeated = osha.loc[osha["ID"].duplicated(keep=False)]
+    assert sorted(repeated["ID"].unique()) == OSHA_REPEATED_IDS and len(repeated) == 10
+    assert not osha.duplicated(["ID", "EventDate"]).any() and osha["UPA"].is_unique
+    readme = (REPO / "README.md").read_text()
+    assert "--id-col ID --id-col EventDate" in readme and "--id-col UPA" in readme
+
+
+def test_float_null_and_composite_ids_are_checked_before_any_work(tmp_path: Path, osha: pd.DataFrame,
+                                                                  tiny_bundle: Path) -> None:
+    rows = _rows(osha, 0, 20)
+    floats = rows.assign(ID=[-0.0, 0.0, float("nan")] + [float(i) for i in range(17)])
+    _write(tmp_path / "input", floats)
+    with pytest.raises(InputSchemaError, match=r"id column 'ID' holds double.*-0\.0 and 0\.0.*astype\('Int64'\)"):
+        run_nightly(_config(tmp_path, tiny_bundle, id_col="ID"))
+    with pytest.raises(InputSchemaError, match="id column 'ID' holds double"):  # in a composite key too
+        run_nightly(_config(tmp_path, tiny_bundle, id_col=["ID", "EventDate"]))
+    assert not (tmp_path / "out").exists()
+    write_deltalake(str(tmp_path / "input"), pa.Table.from_pandas(rows.assign(soi_key="x"), preserve_index=False),
+                    mode="overwrite", schema_mode="overwrite")
+    with pytest.raises(InputSchemaError, match="already has a column 'soi_key'"):
+        run_nightly(_config(tmp_path, tiny_bundle, id_col=["ID", "EventDate"]))
+    with pytest.raises(InputSchemaError, match="id column 'Nope' not found"):
+        run_nightly(_config(tmp_path, tiny_bundle, id_col=["ID", "Nope"]))
+    for bad in ([], ["ID", "ID"], ["ID", ""]):
+        with pytest.raises(ConfigError, match="id_col"):
+            NightlyConfig(input="a", output="b", id_col=bad)
+    from soi_batch.commands.nightly import build_parser, run  # noqa: F401 - the flags as users type them
+
+    args = build_parser().parse_args(["--input", "a", "--output", "b", "--id-col", "ID", "--id-col", "EventDate"])
+    assert args.id_col == ["ID", "EventDate"]
+    assert build_parser().parse_args(["--id-col", "UPA"]).id_col == ["UPA"]
+
+
+def test_osha_repeated_ids_are_reported_or_kept_apart_by_a_composite_key(
+        tmp_path: Path, osha: pd.DataFrame, tiny_bundle: Path, ray_local, caplog: pytest.LogCaptureFixture) -> None:
+    pairs = osha.index[osha["ID"].isin(OSHA_REPEATED_IDS)]
+    rows = osha.loc[sorted(set(pairs) | set(range(30)))][COLS].reset_index(drop=True)  # 35 incidents
+    _write(tmp_path / "input", rows)
+    with caplog.at_level("WARNING", logger="soi_batch.nightly"):
+        by_id = run_nightly(_config(tmp_path, tiny_bundle, id_col="ID"))
+    assert by_id.counts.duplicate_ids_dropped == 5 and by_id.counts.duplicate_ids == OSHA_REPEATED_IDS
+    assert by_id.counts.classified == 30
+    warning = next(r.getMessage() for r in caplog.records if "dropped" in r.getMessage())
+    assert "5 row(s) dropped" in warning and OSHA_REPEATED_IDS[0] in warning and "--id-col EventDate" in warning
+
+    composite = _config(tmp_path, tiny_bundle, id_col=["ID", "EventDate"]).model_copy(
+        update={"output": str(tmp_path / "out_composite")})
+    m = run_nightly(composite)
+    assert (m.counts.duplicate_ids_dropped, m.counts.duplicate_ids, m.counts.classified) == (0, [], 35)
+    out = DeltaTable(str(tmp_path / "out_composite")).to_pyarrow_dataset().to_table(
+        columns=["soi_key", "ID", "EventDate", "row_key"]).to_pandas()
+    assert len(out) == 35 and out["soi_key"].is_unique and set(out["row_key"]) == set(rows["row_key"])
+    assert (out["soi_key"] == out["ID"] + "\x1f" + out["EventDate"]).all()
+    assert run_nightly(composite).counts.skipped == 35  # the generated key matches on the next run

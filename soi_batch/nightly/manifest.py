@@ -23,7 +23,7 @@ class Counts(BaseModel):
     duplicate_ids_dropped: int = 0
     """Rows whose id appears again later in the input (the last one is kept)."""
     duplicate_ids: list[Any] = Field(default_factory=list)
-    """The ids that occur more than once in the input (the first 1,000)."""
+    """The ids that occur more than once in the input (the first 1,000; generated keys for a composite id)."""
     null_ids_dropped: int = 0
     duplicate_ids_repaired: int = 0
     """Ids found more than once in the output table when the run started (one row of each kept)."""

@@ -32,9 +32,17 @@ from tqdm.auto import tqdm
 
 from soi_batch.bundle import load_bundle
 from soi_batch.nightly.config import NightlyConfig
+from soi_batch.nightly.keys import key_column
 from soi_batch.nightly.manifest import Counts, RunManifest, distribution, previous_manifest, total_variation
 from soi_batch.nightly.runs import RunLock, clean_stale_staging, mark_interrupted
-from soi_batch.nightly.select import TEXT_SHA_COL, InputSource, open_state, select_rows, stage_rows
+from soi_batch.nightly.select import (
+    MAX_IDS_LISTED,
+    TEXT_SHA_COL,
+    InputSource,
+    open_state,
+    select_rows,
+    stage_rows,
+)
 from soi_batch.nightly.sink import DeltaSink
 from soi_batch.schema import PROBABILITIES_SCHEMA, RESULT_SCHEMA
 from soi_batch.tables import absolute_uri, append_results, inspect_input
@@ -67,11 +75,12 @@ def run_nightly(config: NightlyConfig) -> RunManifest:
     started, t0 = _now(), time.perf_counter()
     spec = inspect_input(config.input, fmt=config.input_format, encoding=config.encoding)
     spec.require_text(config.text_col)
-    spec.require(config.id_col, role="id column")
+    spec.require(*config.id_columns, role="id column")
     bundle = load_bundle(config.model, Path(config.cache_dir) if config.cache_dir else None)
     classifier_config = config.classifier_config()
     ray_options = config.ray_options()
-    source = InputSource.open(spec)
+    source = InputSource.open(spec, config.id_columns)
+    key = key_column(source.snapshot.schema, config.id_columns, where=spec.path)
     run_id = uuid.uuid4().hex
     manifest_dir = Path(config.resolved_manifest_dir)
     staging = Path(config.resolved_staging_dir) / run_id
@@ -88,7 +97,7 @@ def run_nightly(config: NightlyConfig) -> RunManifest:
                  config.output, bundle.model_id, config.chunk_rows)
         try:
             mark_interrupted(manifest_dir, config.output, exclude_run=run_id)
-            _run(config, manifest, source, bundle.path, classifier_config, ray_options, staging)
+            _run(config, key, manifest, source, bundle.path, classifier_config, ray_options, staging)
             manifest.status = "completed"
         except BaseException as exc:
             manifest.status, manifest.error = "failed", f"{type(exc).__name__}: {exc}"
@@ -109,25 +118,26 @@ def run_nightly(config: NightlyConfig) -> RunManifest:
     return manifest
 
 
-def _run(config: NightlyConfig, manifest: RunManifest, source: InputSource, model_path: Path,
+def _run(config: NightlyConfig, key: str, manifest: RunManifest, source: InputSource, model_path: Path,
          classifier_config, ray_options, staging: Path) -> None:
     schema = output_schema(source, keep_probabilities=config.keep_probabilities)
-    sink = DeltaSink(config.output, config.id_col, schema, run_id=manifest.run_id)
+    sink = DeltaSink(config.output, key, schema, run_id=manifest.run_id)
     clean_stale_staging(staging.parent, keep=staging.name)
     counts: Counts = manifest.counts
     # the selection reads the table at the version every commit of this run is conditional on
     manifest.output_version_start = manifest.output_version_end = sink.ensure_table()
     repaired = sink.repair_duplicate_ids()
     if repaired:
-        counts.duplicate_ids_repaired, counts.repaired_ids = len(repaired), repaired[:1000]
+        counts.duplicate_ids_repaired, counts.repaired_ids = len(repaired), repaired[:MAX_IDS_LISTED]
         manifest.output_version_end = sink.version
         log.warning("output %s held %d id(s) more than once (another writer, or a table written by an older "
                     "version): kept one row of each in v%d, e.g. %s", config.output, len(repaired), sink.version,
                     repaired[:10])
-    selection = select_rows(source, open_state(config.output, config.id_col, sink.version), id_col=config.id_col,
+    selection = select_rows(source, open_state(config.output, key, sink.version), id_col=key,
                             text_col=config.text_col, model_id=manifest.model_id, retry_errors=config.retry_errors,
                             work_dir=staging / "_select")
     counts.read, counts.duplicate_ids_dropped = selection.rows_read, selection.duplicate_ids_dropped
+    counts.duplicate_ids = selection.duplicate_ids
     counts.null_ids_dropped, counts.skipped = selection.null_ids_dropped, selection.up_to_date
     counts.selected, counts.selected_by_reason = selection.selected, selection.reasons
     divisions: Counter[str] = Counter()
@@ -158,11 +168,30 @@ def _run(config: NightlyConfig, manifest: RunManifest, source: InputSource, mode
 
 def _classify_and_commit(config: NightlyConfig, manifest: RunManifest, sink: DeltaSink, model_path: Path,
                         classifier_config, ray_options, staging: Path, divisions: Counter[str]) -> None:
+    import ray
+
+    from soi_batch.ray_data import init_ray
+
+    own_ray = not ray.is_initialized()
+    init_ray(config.ray_address, num_cpus=config.ray_num_cpus, object_store_memory=config.ray_object_store_memory)
+    try:
+        _commit_chunks(config, manifest, sink, model_path, classifier_config, ray_options, staging, divisions)
+    finally:
+        if own_ray:
+            # End the Ray session this run started (or connected) while Python is fully alive. Left to
+            # the interpreter's exit, Ray's atexit shutdown runs while its daemon listener threads
+            # (ray_print_logs, ray_listen_error_messages) may still be inside C++ calls: the likely
+            # cause of the rare exit -6 ("terminate called without an active exception") seen after
+            # "completed" (about 1 run in 51; not reproduced in a few runs here).
+            ray.shutdown()
+
+
+def _commit_chunks(config: NightlyConfig, manifest: RunManifest, sink: DeltaSink, model_path: Path,
+                   classifier_config, ray_options, staging: Path, divisions: Counter[str]) -> None:
     import ray.data
 
-    from soi_batch.ray_data import classify_dataset, init_ray
+    from soi_batch.ray_data import classify_dataset
 
-    init_ray(config.ray_address, num_cpus=config.ray_num_cpus, object_store_memory=config.ray_object_store_memory)
     # blocks of chunk_rows rows: each actor task then returns about one chunk's results, so commits
     # follow classification (one huge read block would be classified whole before any commit)
     ds = ray.data.read_parquet(absolute_uri(staging)).repartition(target_num_rows_per_block=config.chunk_rows)
