@@ -475,3 +475,26 @@ def test_osha_repeated_ids_are_reported_or_kept_apart_by_a_composite_key(
     assert len(out) == 35 and out["soi_key"].is_unique and set(out["row_key"]) == set(rows["row_key"])
     assert (out["soi_key"] == out["ID"] + "\x1f" + out["EventDate"]).all()
     assert run_nightly(composite).counts.skipped == 35  # the generated key matches on the next run
+
+
+@pytest.mark.slow
+def test_a_run_ends_the_ray_session_it_started(tmp_path: Path, osha: pd.DataFrame, tiny_bundle: Path) -> None:
+    """A fresh process without Ray: the run stops its own Ray before returning, so nothing of Ray's
+    (its log and error listener threads in C++ calls) is left to the interpreter's exit."""
+    _write(tmp_path / "input", _rows(osha, 0, 40))
+    script = f"""
+import threading, ray
+from soi_batch.nightly import NightlyConfig, run_nightly
+m = run_nightly(NightlyConfig(input={str(tmp_path / 'input')!r}, output={str(tmp_path / 'out')!r},
+                              model={str(tiny_bundle)!r}, chunk_rows=20, ray={{"batch_size": 20}}))
+print("STATUS", m.status, m.counts.classified)
+print("RAY", ray.is_initialized())
+print("THREADS", sorted(t.name for t in threading.enumerate() if t.name.startswith(("ray", "Python"))))
+"""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("RAY_ADDRESS", None)
+    done = subprocess.run([sys.executable, "-c", script], check=False, cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [line for line in done.stdout.splitlines() if line.startswith(("STATUS", "RAY", "THREADS"))]
+    assert lines == ["STATUS completed 40", "RAY False", "THREADS []"], done.stdout[-2000:]
