@@ -78,11 +78,12 @@ class NightlyConfig(BaseModel):
     @field_validator("id_col")
     @classmethod
     def _id_columns_named(cls, value: str | list[str]) -> str | list[str]:
-        names = [value] if isinstance(value, str) else value
-        if not names or any(not name for name in names):
-            raise ValueError("give one id column name, or a list of column names for a composite key")
-        if len(set(names)) != len(names):
-            raise ValueError("a column is listed twice")
+        if value == "":
+            raise ConfigError("String should have at least 1 character")
+        if isinstance(value, list) and (not value or any(not name for name in value)):
+            raise ConfigError("give one id column name, or a non-empty list of column names (a composite key)")
+        if isinstance(value, list) and len(set(value)) != len(value):
+            raise ConfigError("a column is listed twice")
         return value
 
     @property
