@@ -31,8 +31,14 @@ class RunLock:
 
     def __init__(self, root: Path, run_id: str) -> None:
         self.path = root / f"{run_id}.lock"
-        root.mkdir(parents=True, exist_ok=True)
-        self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by children
+        for attempt in range(3):  # another run removes the shared root when it looks empty
+            root.mkdir(parents=True, exist_ok=True)
+            try:
+                self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited
+                break
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
         fcntl.flock(self._fd, fcntl.LOCK_EX)
         os.write(self._fd, f"{os.getpid()}\n".encode())
 
