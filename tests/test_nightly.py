@@ -23,9 +23,10 @@ import pytest
 from deltalake import DeltaTable, write_deltalake
 
 from soi_batch.bundle import load_bundle, write_manifest
-from soi_batch.errors import ConfigError
+from soi_batch.errors import ConfigError, InputSchemaError
 from soi_batch.nightly import NightlyConfig, run_nightly
 from soi_batch.nightly.manifest import RunManifest, total_variation
+from soi_batch.nightly.runs import RunLock
 from soi_batch.nightly.select import TEXT_SHA_COL, InputSource, RowBits, open_state, select_rows
 from soi_batch.nightly.sink import NEW_ID_COL, ConcurrentWriteError, DeltaSink
 from soi_batch.tables import inspect_input
@@ -145,9 +146,65 @@ def test_sink_appends_new_ids_merges_known_and_stops_on_another_writer(tmp_path:
     assert dict(zip(*table.to_pyarrow_dataset().to_table().to_pydict().values())) == {"a": "x", "b": "y", "c": "y"}
 
     write_deltalake(str(tmp_path / "out"), pa.table({"row_key": ["z"], "label": ["other job"]}), mode="append")
-    with pytest.raises(ConcurrentWriteError, match="another writer committed to the table before this chunk"):
+    with pytest.raises(ConcurrentWriteError, match="another writer committed to the table"):
         sink.commit(chunk(["d"], "y", [True]))
     assert DeltaTable(str(tmp_path / "out")).to_pyarrow_dataset().count_rows() == 4  # nothing of "d" written
+
+
+def _chunk(keys: list[str], label: str, new: list[bool]) -> pa.Table:
+    return pa.table({"row_key": keys, "label": [label] * len(keys), NEW_ID_COL: new})
+
+
+@pytest.mark.parametrize("operation", ["append", "merge"])
+def test_second_writer_between_read_and_commit_is_refused_by_the_table(tmp_path: Path, operation: str) -> None:
+    """Forced interleaving: writer B commits after writer A has read the table and before A commits.
+
+    Both selected the same 200 ids as new (or known); before, A's commit went through too (400 rows
+    for 200 ids after two appends) and A noticed only afterwards."""
+    uri = str(tmp_path / "out")
+    schema = pa.schema([("row_key", pa.string()), ("label", pa.string())])
+    keys = [f"sir-{i:05d}" for i in range(200)]
+    setup = DeltaSink(uri, "row_key", schema, run_id="setup")
+    setup.ensure_table()
+    if operation == "merge":
+        setup.commit(_chunk(keys, "old", [True] * 200))
+    a = DeltaSink(uri, "row_key", schema, run_id="job-a")
+    b = DeltaSink(uri, "row_key", schema, run_id="job-b")
+    assert a.ensure_table() == b.ensure_table()
+    new = operation == "append"
+    seen: list[str] = []
+
+    def b_commits_now(op: str) -> None:
+        seen.append(op)
+        b.commit(_chunk(keys, "b", [new] * 200))  # a second handle, a real commit
+
+    a.before_commit = b_commits_now
+    with pytest.raises(ConcurrentWriteError, match=f"(?i)another writer committed.*this {operation} was not committed"):
+        a.commit(_chunk(keys, "a", [new] * 200))
+    assert seen == [operation]
+    table = DeltaTable(uri)
+    rows = table.to_pyarrow_dataset().to_table().to_pandas()
+    assert len(rows) == 200 and rows["row_key"].is_unique and set(rows["label"]) == {"b"}
+    assert {h.get("soi_batch_run_id") for h in table.history()} >= {"job-b"}
+    assert "job-a" not in {h.get("soi_batch_run_id") for h in table.history()}
+
+
+def test_duplicate_ids_in_the_output_are_repaired_in_one_commit(tmp_path: Path) -> None:
+    uri = str(tmp_path / "out")
+    rows = pa.table({"row_key": ["a", "b", "c", "b", "c", "c", "it's"] + ["it's"],
+                     "error": [None, None, "failed", "failed", None, "failed", None, None],
+                     "label": ["a", "b1", "c1", "b2", "c2", "c3", "q1", "q2"]})
+    write_deltalake(uri, rows.slice(0, 4))
+    write_deltalake(uri, rows.slice(4), mode="append")
+    sink = DeltaSink(uri, "row_key", rows.schema, run_id="r")
+    assert sink.ensure_table() == 1
+    assert sorted(sink.duplicate_ids()) == ["b", "c", "it's"]
+    assert sink.repair_duplicate_ids() == ["b", "c", "it's"]
+    table = DeltaTable(uri)
+    assert table.version() == 2 == sink.version and table.history()[0]["operation"] == "WRITE"
+    kept = dict(zip(*table.to_pyarrow_dataset().to_table(columns=["row_key", "label"]).to_pydict().values()))
+    assert kept == {"a": "a", "b": "b1", "c": "c2", "it's": "q2"}  # a row without error; else the last read
+    assert table.to_pyarrow_dataset().count_rows() == 4 and sink.repair_duplicate_ids() == []
 
 
 def test_total_variation() -> None:
@@ -222,6 +279,42 @@ def test_incremental_runs(tmp_path: Path, osha: pd.DataFrame, tiny_bundle: Path,
     assert all(m.status == "completed" and m.ended_at and m.wall_seconds for m in loaded)
 
 
+def test_run_repairs_duplicate_ids_and_keeps_a_live_runs_staging(
+        tmp_path: Path, osha: pd.DataFrame, tiny_bundle: Path, ray_local, caplog: pytest.LogCaptureFixture) -> None:
+    _write(tmp_path / "input", _rows(osha, 0, 100))
+    first = run_nightly(_config(tmp_path, tiny_bundle))
+    assert first.status == "completed" and first.counts.inserted == 100
+    # 30 ids twice in the output, as two writers committing the same chunk left them
+    out = DeltaTable(str(tmp_path / "out"))
+    again = out.to_pyarrow_dataset().to_table().slice(10, 30)
+    write_deltalake(str(tmp_path / "out"), again, mode="append")
+    doubled = sorted(again.column("row_key").to_pylist())
+    # another job sharing the staging folder is running (holds its lock); a killed one left its staging
+    staging = tmp_path / "out_manifests" / "_staging"
+    live = RunLock(staging, "live-run")
+    (staging / "live-run").mkdir()
+    (staging / "live-run" / "part-00000.parquet").write_bytes(b"in use")
+    (staging / "dead-run").mkdir()
+    (staging / "dead-run.lock").write_text("4242\n")
+    _write(tmp_path / "input", _rows(osha, 0, 120))
+    try:
+        with caplog.at_level("WARNING", logger="soi_batch.nightly"):
+            m = run_nightly(_config(tmp_path, tiny_bundle))
+        assert (staging / "live-run" / "part-00000.parquet").read_bytes() == b"in use"
+        assert not (staging / "dead-run").exists() and not (staging / "dead-run.lock").exists()
+    finally:
+        live.release()
+    assert m.status == "completed" and m.counts.duplicate_ids_repaired == 30 and m.counts.repaired_ids == doubled
+    assert any("held 30 id(s) more than once" in r.getMessage() for r in caplog.records)
+    assert m.counts.classified == 20 and m.counts.skipped == 100
+    result = _output(tmp_path / "out")
+    assert len(result) == 120 and result["row_key"].is_unique
+    assert m.output_version_end == m.output_version_start + 2  # the repair, then one append
+    saved = RunManifest.model_validate_json(next(
+        p for p in (tmp_path / "out_manifests").glob("run-*.json") if m.run_id[:8] in p.name).read_text())
+    assert saved.counts.repaired_ids == doubled
+
+
 def _descendants_matching(root: int, needle: str) -> list[psutil.Process]:
     found = []
     for p in psutil.Process(root).children(recursive=True):
@@ -270,11 +363,17 @@ def test_sigkill_job_then_rerun(tmp_path: Path, osha: pd.DataFrame, tiny_bundle:
             child.kill()
     committed = _committed_rows(tmp_path / "out")
     assert 50 <= committed < n, f"kill did not land mid-run ({committed} of {n} rows committed)"
-    crashed = [RunManifest.model_validate_json(p.read_text()) for p in (tmp_path / "out_manifests").glob("run-*.json")]
-    assert [m.status for m in crashed] == ["running"]
+    paths = list((tmp_path / "out_manifests").glob("run-*.json"))
+    crashed = [RunManifest.model_validate_json(p.read_text()) for p in paths]
+    assert [m.status for m in crashed] == ["running"] and crashed[0].counts.classified == 0
 
     m = run_nightly(_config(tmp_path, tiny_bundle, chunk_rows=500))
     assert m.counts.skipped == committed and m.counts.classified == n - committed
+    # the killed run's manifest now says what it committed (from the table's commit metadata)
+    killed = RunManifest.model_validate_json(paths[0].read_text())
+    assert killed.status == "interrupted" and m.run_id in killed.error
+    assert killed.counts.classified == killed.counts.inserted == committed and killed.chunks_committed == committed // 50
+    assert killed.output_version_end == m.output_version_start
     out = _output(tmp_path / "out")
     assert len(out) == n and out["row_key"].is_unique and set(out["row_key"]) == set(_rows(osha, 0, n)["row_key"])
     assert out["source_code"].notna().all()
@@ -313,3 +412,89 @@ def test_actor_killed_mid_run_is_restarted(tmp_path: Path, osha: pd.DataFrame, t
     assert m.status == "completed" and m.counts.classified == n
     out = _output(out_path)
     assert len(out) == n and out["row_key"].is_unique and out["source_code"].notna().all()
+
+
+OSHA_REPEATED_IDS = ["2015010015", "2015010016", "2015010018", "2015010020", "2015010021"]
+"""IDs that OSHA's 2015-2016 file gives to two different incidents each (other dates, employers)."""
+
+
+def test_osha_key_documented_in_the_readme_is_unique(osha: pd.DataFrame) -> None:
+    """The README tells OSHA users which key to use: check it on the real 2015-2016 file."""
+    assert len(osha) == 19_947
+    repeated = osha.loc[osha["ID"].duplicated(keep=False)]
+    assert sorted(repeated["ID"].unique()) == OSHA_REPEATED_IDS and len(repeated) == 10
+    assert not osha.duplicated(["ID", "EventDate"]).any() and osha["UPA"].is_unique
+    readme = (REPO / "README.md").read_text()
+    assert "--id-col ID --id-col EventDate" in readme and "--id-col UPA" in readme
+
+
+def test_float_null_and_composite_ids_are_checked_before_any_work(tmp_path: Path, osha: pd.DataFrame,
+                                                                  tiny_bundle: Path) -> None:
+    rows = _rows(osha, 0, 20)
+    floats = rows.assign(ID=[-0.0, 0.0, float("nan")] + [float(i) for i in range(17)])
+    _write(tmp_path / "input", floats)
+    with pytest.raises(InputSchemaError, match=r"id column 'ID' holds double.*-0\.0 and 0\.0.*astype\('Int64'\)"):
+        run_nightly(_config(tmp_path, tiny_bundle, id_col="ID"))
+    with pytest.raises(InputSchemaError, match="id column 'ID' holds double"):  # in a composite key too
+        run_nightly(_config(tmp_path, tiny_bundle, id_col=["ID", "EventDate"]))
+    assert not (tmp_path / "out").exists()
+    write_deltalake(str(tmp_path / "input"), pa.Table.from_pandas(rows.assign(soi_key="x"), preserve_index=False),
+                    mode="overwrite", schema_mode="overwrite")
+    with pytest.raises(InputSchemaError, match="already has a column 'soi_key'"):
+        run_nightly(_config(tmp_path, tiny_bundle, id_col=["ID", "EventDate"]))
+    with pytest.raises(InputSchemaError, match="id column 'Nope' not found"):
+        run_nightly(_config(tmp_path, tiny_bundle, id_col=["ID", "Nope"]))
+    for bad in ([], ["ID", "ID"], ["ID", ""]):
+        with pytest.raises(ConfigError, match="id_col"):
+            NightlyConfig(input="a", output="b", id_col=bad)
+    from soi_batch.commands.nightly import build_parser, run  # noqa: F401 - the flags as users type them
+
+    args = build_parser().parse_args(["--input", "a", "--output", "b", "--id-col", "ID", "--id-col", "EventDate"])
+    assert args.id_col == ["ID", "EventDate"]
+    assert build_parser().parse_args(["--id-col", "UPA"]).id_col == ["UPA"]
+
+
+def test_osha_repeated_ids_are_reported_or_kept_apart_by_a_composite_key(
+        tmp_path: Path, osha: pd.DataFrame, tiny_bundle: Path, ray_local, caplog: pytest.LogCaptureFixture) -> None:
+    pairs = osha.index[osha["ID"].isin(OSHA_REPEATED_IDS)]
+    rows = osha.loc[sorted(set(pairs) | set(range(30)))][COLS].reset_index(drop=True)  # 35 incidents
+    _write(tmp_path / "input", rows)
+    with caplog.at_level("WARNING", logger="soi_batch.nightly"):
+        by_id = run_nightly(_config(tmp_path, tiny_bundle, id_col="ID"))
+    assert by_id.counts.duplicate_ids_dropped == 5 and by_id.counts.duplicate_ids == OSHA_REPEATED_IDS
+    assert by_id.counts.classified == 30
+    warning = next(r.getMessage() for r in caplog.records if "dropped" in r.getMessage())
+    assert "5 row(s) dropped" in warning and OSHA_REPEATED_IDS[0] in warning and "--id-col EventDate" in warning
+
+    composite = _config(tmp_path, tiny_bundle, id_col=["ID", "EventDate"]).model_copy(
+        update={"output": str(tmp_path / "out_composite")})
+    m = run_nightly(composite)
+    assert (m.counts.duplicate_ids_dropped, m.counts.duplicate_ids, m.counts.classified) == (0, [], 35)
+    out = DeltaTable(str(tmp_path / "out_composite")).to_pyarrow_dataset().to_table(
+        columns=["soi_key", "ID", "EventDate", "row_key"]).to_pandas()
+    assert len(out) == 35 and out["soi_key"].is_unique and set(out["row_key"]) == set(rows["row_key"])
+    assert (out["soi_key"] == out["ID"] + "\x1f" + out["EventDate"]).all()
+    assert run_nightly(composite).counts.skipped == 35  # the generated key matches on the next run
+
+
+@pytest.mark.slow
+def test_a_run_ends_the_ray_session_it_started(tmp_path: Path, osha: pd.DataFrame, tiny_bundle: Path) -> None:
+    """A fresh process without Ray: the run stops its own Ray before returning, so nothing of Ray's
+    (its log and error listener threads in C++ calls) is left to the interpreter's exit."""
+    _write(tmp_path / "input", _rows(osha, 0, 40))
+    script = f"""
+import threading, ray
+from soi_batch.nightly import NightlyConfig, run_nightly
+m = run_nightly(NightlyConfig(input={str(tmp_path / 'input')!r}, output={str(tmp_path / 'out')!r},
+                              model={str(tiny_bundle)!r}, chunk_rows=20, ray={{"batch_size": 20}}))
+print("STATUS", m.status, m.counts.classified)
+print("RAY", ray.is_initialized())
+print("THREADS", sorted(t.name for t in threading.enumerate() if t.name.startswith(("ray", "Python"))))
+"""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("RAY_ADDRESS", None)
+    done = subprocess.run([sys.executable, "-c", script], check=False, cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [line for line in done.stdout.splitlines() if line.startswith(("STATUS", "RAY", "THREADS"))]
+    assert lines == ["STATUS completed 40", "RAY False", "THREADS []"], done.stdout[-2000:]

@@ -27,7 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", default=None, help="input Delta table, Parquet file/dir or CSV file")
     p.add_argument("--output", default=None, help="output Delta table (created if missing)")
     add_model_options(p, from_config=True)
-    p.add_argument("--id-col", default=None, help="unique report id column (default: the config file's, else row_key)")
+    p.add_argument("--id-col", action="append", default=None, metavar="COLUMN",
+                   help="unique report id column; repeat it for a key of several columns (OSHA files: "
+                        "--id-col ID --id-col EventDate, or --id-col UPA). Default: the config file's, else row_key")
     add_input_options(p, encoding=False, from_config=True)
     add_ray_options(p, from_config=True)
     p.add_argument("--manifest-dir", default=None, help="run manifests (default: <output>_manifests)")
@@ -54,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = NightlyConfig.build(
         args.config, input=args.input, output=args.output, model=args.model,
-        cache_dir=str(args.cache_dir) if args.cache_dir else None, id_col=args.id_col, text_col=args.text_col,
+        cache_dir=str(args.cache_dir) if args.cache_dir else None, id_col=_one_or_list(args.id_col), text_col=args.text_col,
         input_format=args.input_format, ray_address=args.ray_address, ray_num_cpus=args.ray_num_cpus,
         manifest_dir=args.manifest_dir, chunk_rows=args.chunk_rows, retry_errors=args.retry_errors,
     )
@@ -62,5 +64,13 @@ def run(args: argparse.Namespace) -> int:
     c = manifest.counts
     print(f"run {manifest.run_id} {manifest.status}: read {c.read}, skipped {c.skipped}, classified {c.classified} "
           f"({c.errors} errors), duplicate ids dropped {c.duplicate_ids_dropped}, "
+          f"duplicate ids repaired in the output {c.duplicate_ids_repaired}, "
           f"{manifest.wall_seconds:.1f} s → {manifest.output} v{manifest.output_version_end}")
     return 0
+
+
+def _one_or_list(values: list[str] | None) -> str | list[str] | None:
+    """``--id-col`` given once: that column; several times: the list (a composite key)."""
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else values

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from soi_batch.classifier import ClassifierConfig
 from soi_batch.errors import ConfigError
@@ -36,8 +36,11 @@ class NightlyConfig(BaseModel):
     """Named model (soi-small, soi-mini), bundle directory or hub id (None: the default model)."""
     cache_dir: str | None = None
     """Where a named model is built on first use (None: ``~/.cache/soi-batch``)."""
-    id_col: str = Field(default="row_key", min_length=1)
-    """Unique report id; the MERGE key. Duplicated ids: the last row in input order wins."""
+    id_col: str | list[str] = "row_key"
+    """Unique report id column, or several columns that together identify a report (a composite
+    key, e.g. ``[ID, EventDate]`` for OSHA's files: the key is then the generated column
+    ``soi_key``); the MERGE key.  Integers or strings (float ids are refused).  Duplicated ids:
+    the last row in input order wins, and the others are counted, listed and warned about."""
     text_col: str = Field(default="Final Narrative", min_length=1)
     input_format: Literal["csv", "parquet", "delta"] | None = None
     encoding: str | None = None
@@ -71,6 +74,22 @@ class NightlyConfig(BaseModel):
             super().__init__(**settings)
         except ValidationError as exc:
             raise ConfigError(f"invalid nightly settings: {_problems(exc)}") from exc
+
+    @field_validator("id_col")
+    @classmethod
+    def _id_columns_named(cls, value: str | list[str]) -> str | list[str]:
+        if value == "":
+            raise ConfigError("String should have at least 1 character")
+        if isinstance(value, list) and (not value or any(not name for name in value)):
+            raise ConfigError("give one id column name, or a non-empty list of column names (a composite key)")
+        if isinstance(value, list) and len(set(value)) != len(value):
+            raise ConfigError("a column is listed twice")
+        return value
+
+    @property
+    def id_columns(self) -> list[str]:
+        """The id column(s), as a list."""
+        return [self.id_col] if isinstance(self.id_col, str) else list(self.id_col)
 
     @model_validator(mode="after")
     def _settings_build(self) -> NightlyConfig:

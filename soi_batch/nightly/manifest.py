@@ -1,7 +1,8 @@
 """One JSON manifest per run: what was read, selected, classified, and how labels moved.
 
 Written when the run starts (``status: running``), and rewritten when it ends
-(``completed`` or ``failed``), so a killed run leaves a ``running`` manifest behind as evidence.
+(``completed`` or ``failed``).  A killed run leaves a ``running`` manifest behind; the next run
+rewrites it as ``interrupted`` with what it had committed (:mod:`soi_batch.nightly.runs`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,13 @@ class Counts(BaseModel):
     """Input rows read."""
     duplicate_ids_dropped: int = 0
     """Rows whose id appears again later in the input (the last one is kept)."""
+    duplicate_ids: list[Any] = Field(default_factory=list)
+    """The ids that occur more than once in the input (the first 1,000; generated keys for a composite id)."""
     null_ids_dropped: int = 0
+    duplicate_ids_repaired: int = 0
+    """Ids found more than once in the output table when the run started (one row of each kept)."""
+    repaired_ids: list[Any] = Field(default_factory=list)
+    """Those ids (the first 1,000)."""
     skipped: int = 0
     """Rows already classified by this model with the same text."""
     selected: int = 0
@@ -36,8 +43,11 @@ class Counts(BaseModel):
 
 class RunManifest(BaseModel):
     run_id: str
-    status: Literal["running", "completed", "failed"] = "running"
+    status: Literal["running", "completed", "failed", "interrupted"] = "running"
+    """``interrupted``: the job died without ending the run (set by a later run)."""
     error: str | None = None
+    lock_file: str | None = None
+    """The run's lock (held while it runs: :class:`soi_batch.nightly.runs.RunLock`)."""
     model_id: str
     model_path: str
     input: str

@@ -10,7 +10,10 @@ run's :class:`~soi_batch.nightly.manifest.RunManifest`.  It is safe to re-run at
 * a dead Ray actor is restarted and its batches retried (Ray Data's actor-pool defaults); a row
   that cannot be scored is committed with ``error`` set, never dropped.
 
-One writer per output table at a time (schedule with ``max_active_runs=1`` / a lock).
+One writer per output table at a time (schedule with ``max_active_runs=1`` / a lock); a second
+writer's commit is refused by the table (:mod:`soi_batch.nightly.sink`), duplicate ids found in
+the output are repaired, and what killed runs left (``running`` manifests, staging folders) is
+cleaned up by the next run (:mod:`soi_batch.nightly.runs`).
 """
 
 from __future__ import annotations
@@ -29,8 +32,17 @@ from tqdm.auto import tqdm
 
 from soi_batch.bundle import load_bundle
 from soi_batch.nightly.config import NightlyConfig
+from soi_batch.nightly.keys import key_column
 from soi_batch.nightly.manifest import Counts, RunManifest, distribution, previous_manifest, total_variation
-from soi_batch.nightly.select import TEXT_SHA_COL, InputSource, open_state, select_rows, stage_rows
+from soi_batch.nightly.runs import RunLock, clean_stale_staging, mark_interrupted
+from soi_batch.nightly.select import (
+    MAX_IDS_LISTED,
+    TEXT_SHA_COL,
+    InputSource,
+    open_state,
+    select_rows,
+    stage_rows,
+)
 from soi_batch.nightly.sink import DeltaSink
 from soi_batch.schema import PROBABILITIES_SCHEMA, RESULT_SCHEMA
 from soi_batch.tables import absolute_uri, append_results, inspect_input
@@ -63,54 +75,71 @@ def run_nightly(config: NightlyConfig) -> RunManifest:
     started, t0 = _now(), time.perf_counter()
     spec = inspect_input(config.input, fmt=config.input_format, encoding=config.encoding)
     spec.require_text(config.text_col)
-    spec.require(config.id_col, role="id column")
+    spec.require(*config.id_columns, role="id column")
     bundle = load_bundle(config.model, Path(config.cache_dir) if config.cache_dir else None)
     classifier_config = config.classifier_config()
     ray_options = config.ray_options()
-    source = InputSource.open(spec)
+    source = InputSource.open(spec, config.id_columns)
+    key = key_column(source.snapshot.schema, config.id_columns, where=spec.path)
     run_id = uuid.uuid4().hex
     manifest_dir = Path(config.resolved_manifest_dir)
+    staging = Path(config.resolved_staging_dir) / run_id
+    lock = RunLock(staging.parent, run_id)  # held until the final manifest is written
     manifest = RunManifest(
         run_id=run_id, model_id=bundle.model_id, model_path=str(bundle.path), input=spec.path,
         input_format=spec.format, input_version=source.version, input_fingerprint=source.fingerprint,
-        output=config.output, chunk_rows=config.chunk_rows, started_at=started,
+        output=config.output, chunk_rows=config.chunk_rows, started_at=started, lock_file=str(lock.path),
         config=config.model_dump(mode="json"),
     )
-    manifest.write(manifest_dir)
-    log.info("run %s: %s (%s) → %s with %s, chunks of %d rows", run_id, source.fingerprint, spec.format,
-             config.output, bundle.model_id, config.chunk_rows)
-    staging = Path(config.resolved_staging_dir) / run_id
     try:
-        _run(config, manifest, source, bundle.path, classifier_config, ray_options, staging)
-        manifest.status = "completed"
-    except BaseException as exc:
-        manifest.status, manifest.error = "failed", f"{type(exc).__name__}: {exc}"
-        raise
+        manifest.write(manifest_dir)
+        log.info("run %s: %s (%s) → %s with %s, chunks of %d rows", run_id, source.fingerprint, spec.format,
+                 config.output, bundle.model_id, config.chunk_rows)
+        try:
+            mark_interrupted(manifest_dir, config.output, exclude_run=run_id)
+            _run(config, key, manifest, source, bundle.path, classifier_config, ray_options, staging)
+            manifest.status = "completed"
+        except BaseException as exc:
+            manifest.status, manifest.error = "failed", f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+            manifest.ended_at = _now()
+            manifest.wall_seconds = round(time.perf_counter() - t0, 3)
+            path = manifest.write(manifest_dir)
+            log.info("run %s %s in %.1f s: %s; manifest %s", run_id, manifest.status, manifest.wall_seconds,
+                     manifest.counts.model_dump(exclude={"selected_by_reason"}), path)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        if staging.parent.is_dir() and not any(staging.parent.iterdir()):
+        lock.release()
+        try:  # the shared staging root goes when the last run using it is done
             staging.parent.rmdir()
-        manifest.ended_at = _now()
-        manifest.wall_seconds = round(time.perf_counter() - t0, 3)
-        path = manifest.write(manifest_dir)
-        log.info("run %s %s in %.1f s: %s; manifest %s", run_id, manifest.status, manifest.wall_seconds,
-                 manifest.counts.model_dump(exclude={"selected_by_reason"}), path)
+        except OSError:
+            pass
     return manifest
 
 
-def _run(config: NightlyConfig, manifest: RunManifest, source: InputSource, model_path: Path,
+def _run(config: NightlyConfig, key: str, manifest: RunManifest, source: InputSource, model_path: Path,
          classifier_config, ray_options, staging: Path) -> None:
     schema = output_schema(source, keep_probabilities=config.keep_probabilities)
-    sink = DeltaSink(config.output, config.id_col, schema, run_id=manifest.run_id)
-    _clean_stale_staging(staging.parent, keep=staging.name)
-    selection = select_rows(source, open_state(config.output, config.id_col), id_col=config.id_col,
+    sink = DeltaSink(config.output, key, schema, run_id=manifest.run_id)
+    clean_stale_staging(staging.parent, keep=staging.name)
+    counts: Counts = manifest.counts
+    # the selection reads the table at the version every commit of this run is conditional on
+    manifest.output_version_start = manifest.output_version_end = sink.ensure_table()
+    repaired = sink.repair_duplicate_ids()
+    if repaired:
+        counts.duplicate_ids_repaired, counts.repaired_ids = len(repaired), repaired[:MAX_IDS_LISTED]
+        manifest.output_version_end = sink.version
+        log.warning("output %s held %d id(s) more than once (another writer, or a table written by an older "
+                    "version): kept one row of each in v%d, e.g. %s", config.output, len(repaired), sink.version,
+                    repaired[:10])
+    selection = select_rows(source, open_state(config.output, key, sink.version), id_col=key,
                             text_col=config.text_col, model_id=manifest.model_id, retry_errors=config.retry_errors,
                             work_dir=staging / "_select")
-    counts: Counts = manifest.counts
     counts.read, counts.duplicate_ids_dropped = selection.rows_read, selection.duplicate_ids_dropped
+    counts.duplicate_ids = selection.duplicate_ids
     counts.null_ids_dropped, counts.skipped = selection.null_ids_dropped, selection.up_to_date
     counts.selected, counts.selected_by_reason = selection.selected, selection.reasons
-    manifest.output_version_start = manifest.output_version_end = sink.ensure_table()
     divisions: Counter[str] = Counter()
     if selection.selected:
         stage_rows(source, selection, staging, text_col=config.text_col, rows_per_file=config.chunk_rows)
@@ -137,22 +166,32 @@ def _run(config: NightlyConfig, manifest: RunManifest, source: InputSource, mode
                  manifest.label_shift_tvd, manifest.label_shift_tvd_table)
 
 
-def _clean_stale_staging(root: Path, *, keep: str) -> None:
-    """Remove staging folders left by killed runs (one writer per output, so none is in use)."""
-    if root.is_dir():
-        for old in root.iterdir():
-            if old.name != keep and old.is_dir():
-                log.info("removing staging %s left by an earlier run", old)
-                shutil.rmtree(old, ignore_errors=True)
-
-
 def _classify_and_commit(config: NightlyConfig, manifest: RunManifest, sink: DeltaSink, model_path: Path,
                         classifier_config, ray_options, staging: Path, divisions: Counter[str]) -> None:
+    import ray
+
+    from soi_batch.ray_data import init_ray
+
+    own_ray = not ray.is_initialized()
+    init_ray(config.ray_address, num_cpus=config.ray_num_cpus, object_store_memory=config.ray_object_store_memory)
+    try:
+        _commit_chunks(config, manifest, sink, model_path, classifier_config, ray_options, staging, divisions)
+    finally:
+        if own_ray:
+            # End the Ray session this run started (or connected) while Python is fully alive. Left to
+            # the interpreter's exit, Ray's atexit shutdown runs while its daemon listener threads
+            # (ray_print_logs, ray_listen_error_messages) may still be inside C++ calls: the likely
+            # cause of the rare exit -6 ("terminate called without an active exception") seen after
+            # "completed" (about 1 run in 51; not reproduced in a few runs here).
+            ray.shutdown()
+
+
+def _commit_chunks(config: NightlyConfig, manifest: RunManifest, sink: DeltaSink, model_path: Path,
+                   classifier_config, ray_options, staging: Path, divisions: Counter[str]) -> None:
     import ray.data
 
-    from soi_batch.ray_data import classify_dataset, init_ray
+    from soi_batch.ray_data import classify_dataset
 
-    init_ray(config.ray_address, num_cpus=config.ray_num_cpus, object_store_memory=config.ray_object_store_memory)
     # blocks of chunk_rows rows: each actor task then returns about one chunk's results, so commits
     # follow classification (one huge read block would be classified whole before any commit)
     ds = ray.data.read_parquet(absolute_uri(staging)).repartition(target_num_rows_per_block=config.chunk_rows)

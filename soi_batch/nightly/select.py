@@ -21,7 +21,7 @@ import json
 import logging
 import math
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,11 +32,14 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from soi_batch.errors import InputSchemaError
+from soi_batch.nightly.keys import KEY_COL, with_key
 from soi_batch.nightly.sink import NEW_ID_COL
 from soi_batch.tables import InputSnapshot, InputSpec
 
 log = logging.getLogger(__name__)
 TEXT_SHA_COL = "text_sha256"
+MAX_IDS_LISTED = 1000
+"""Ids listed in the manifest (dropped duplicates, repaired ids); the counts are complete."""
 _NO_PREBUFFER = pads.ParquetFragmentScanOptions(pre_buffer=False)
 _NULL_TEXT_DIGEST = hashlib.sha256(b"\xff<null>").hexdigest()  # b"\xff" is never valid UTF-8 text
 
@@ -52,18 +55,22 @@ def text_digests(texts: pa.Array | pa.ChunkedArray) -> pa.Array:
 
 @dataclass(frozen=True)
 class InputSource:
-    """An input pinned for one run (:class:`~soi_batch.tables.InputSnapshot`) and its fingerprint."""
+    """An input pinned for one run (:class:`~soi_batch.tables.InputSnapshot`) and its fingerprint.
+
+    With a composite id (several ``id_cols``) its rows carry the generated key column
+    :data:`~soi_batch.nightly.keys.KEY_COL` as their last column."""
 
     snapshot: InputSnapshot
     fingerprint: str
     """``delta:PATH@vN`` for a Delta table, else a digest of the files' paths, sizes and mtimes."""
+    id_cols: tuple[str, ...] = ()
 
     @classmethod
-    def open(cls, spec: InputSpec) -> InputSource:
+    def open(cls, spec: InputSpec, id_cols: Sequence[str] = ()) -> InputSource:
         snapshot = InputSnapshot.open(spec)
         if snapshot.version is not None:
-            return cls(snapshot, f"delta:{spec.path}@v{snapshot.version}")
-        return cls(snapshot, _files_fingerprint(list(snapshot.files)))
+            return cls(snapshot, f"delta:{spec.path}@v{snapshot.version}", tuple(id_cols))
+        return cls(snapshot, _files_fingerprint(list(snapshot.files)), tuple(id_cols))
 
     @property
     def spec(self) -> InputSpec:
@@ -74,12 +81,24 @@ class InputSource:
         return self.snapshot.version
 
     @property
+    def composite(self) -> bool:
+        return len(self.id_cols) > 1
+
+    @property
     def schema(self) -> pa.Schema:
-        return self.snapshot.schema
+        schema = self.snapshot.schema
+        return schema.append(pa.field(KEY_COL, pa.string())) if self.composite else schema
 
     def batches(self, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
         """The input's rows in a fixed order (the same on every pass of a run)."""
-        return self.snapshot.batches(columns)
+        if not self.composite:
+            yield from self.snapshot.batches(columns)
+            return
+        read = None if columns is None else list(dict.fromkeys(
+            [c for c in columns if c != KEY_COL] + list(self.id_cols)))
+        for batch in self.snapshot.batches(read):
+            batch = with_key(batch, self.id_cols)
+            yield batch if columns is None else batch.select(columns)
 
 
 def _files_fingerprint(paths: list[str]) -> str:
@@ -119,6 +138,8 @@ class Selection:
     """Selected, and its id is not in the output table (the sink appends it)."""
     rows_read: int = 0
     duplicate_ids_dropped: int = 0
+    duplicate_ids: list = field(default_factory=list)
+    """Ids that occur more than once in the input (the first :data:`MAX_IDS_LISTED`)."""
     null_ids_dropped: int = 0
     up_to_date: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
@@ -130,13 +151,14 @@ class Selection:
         return sum(v for v in self.reasons.values())
 
 
-def open_state(output: str, id_col: str) -> pads.Dataset | None:
-    """The output table as a dataset (checked for the state columns), or None if it does not exist yet."""
+def open_state(output: str, id_col: str, version: int | None = None) -> pads.Dataset | None:
+    """The output table (at ``version``, else the latest) as a dataset, checked for the state
+    columns; None if it does not exist yet."""
     from deltalake import DeltaTable
     from deltalake.exceptions import TableNotFoundError
 
     try:
-        table = DeltaTable(output)
+        table = DeltaTable(output, version=version)
     except TableNotFoundError:
         return None
     names = pa.schema(table.schema().to_arrow()).names
@@ -222,15 +244,27 @@ def select_rows(source: InputSource, state: pads.Dataset | None, *, id_col: str,
              null_ids, selection.up_to_date, selection.selected, {k: v for k, v in selection.reasons.items() if v},
              count)
     if null_ids:
-        log.warning("%d rows have no %r and are not classified (they could never be MERGEd by id)", null_ids, id_col)
+        log.warning("%d row(s) have no %r and are not classified (they could never be MERGEd by id); give every "
+                    "row an id, or choose other id columns", null_ids, id_col)
+    if selection.duplicate_ids_dropped:
+        selection.duplicate_ids.sort(key=str)
+        log.warning("%d row(s) dropped: their %r repeats later in the input (the last row of each id is "
+                    "classified), ids %s%s. If these are different reports, use a key that tells them apart "
+                    "(several --id-col columns, e.g. --id-col ID --id-col EventDate; see the README)",
+                    selection.duplicate_ids_dropped, id_col, selection.duplicate_ids[:20],
+                    " …" if len(selection.duplicate_ids) > 20 else "")
     return selection
 
 
 def _select_bucket(rows: pa.Table, state: pa.Table, selection: Selection, *, model_id: str,
                    retry_errors: bool) -> None:
     """Compare one bucket's input rows with the same bucket of the output's state."""
-    last = rows.group_by("id", use_threads=False).aggregate([("pos", "max")]).rename_columns(["id", "pos"])
+    grouped = rows.group_by("id", use_threads=False).aggregate([("pos", "max"), ("pos", "count")])
+    last = grouped.select(["id", "pos_max"]).rename_columns(["id", "pos"])
     selection.duplicate_ids_dropped += rows.num_rows - last.num_rows
+    if rows.num_rows > last.num_rows and len(selection.duplicate_ids) < MAX_IDS_LISTED:
+        repeated = grouped.filter(pc.greater(grouped.column("pos_count"), 1)).column("id").to_pylist()
+        selection.duplicate_ids.extend(repeated[: MAX_IDS_LISTED - len(selection.duplicate_ids)])
     last = last.join(rows.select(["pos", "digest"]), keys="pos", use_threads=False)
     reasons = selection.reasons
     if state.num_rows == 0:
