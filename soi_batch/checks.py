@@ -17,7 +17,7 @@ import pyarrow.fs as pafs
 
 from soi_batch.bundle import is_hub_id, load_bundle
 from soi_batch.errors import ConfigError, InputSchemaError
-from soi_batch.storage import StorageOptions, arrow_filesystem, is_uri, join, local_path
+from soi_batch.storage import StorageOptions, arrow_filesystem, is_uri, local_path
 from soi_batch.tables import OUTPUT_FORMATS, WRITE_MODES, WriteMode, is_delta_table, is_text_type
 
 
@@ -144,8 +144,8 @@ def check_output(output: str | Path, *, fmt: str, overwrite: bool = False, input
     input table); an existing output in mode ``error``, or, in the other modes, one that is not an
     earlier output (a Delta table or a folder of Parquet files; appending needs the same format); a
     local parent that is not a directory or not writable (tried by creating a directory there); a
-    remote output whose bucket does not exist or cannot be written (tried by writing and deleting a
-    small object there).
+    remote output whose bucket does not exist or cannot be reached with these credentials (a write
+    is not tried there: deleting a probe object leaves a folder marker behind on S3).
     """
     if fmt not in OUTPUT_FORMATS:
         raise ConfigError(f"output format {fmt!r} is not one of {list(OUTPUT_FORMATS)}")
@@ -176,14 +176,14 @@ def _check_same_format(output: str | Path, fmt: str, mode: WriteMode, is_delta: 
 
 def _check_remote_output(output: str, *, fmt: str, mode: WriteMode, input_path: str | Path | None,
                          storage_options: dict[str, str] | None) -> OutputTarget:
-    """:func:`check_output` for a URI: same-as-input, existence and a write tried in the output's place."""
+    """:func:`check_output` for a URI: not the input, its bucket reachable, an existing output only in modes
+    ``append`` and ``overwrite``."""
     if input_path is not None and is_uri(input_path):
         out, source = output.rstrip("/") + "/", str(input_path).rstrip("/") + "/"
         if out.startswith(source) or source.startswith(out):
             raise ConfigError(f"OUTPUT {output} overlaps the input {input_path}; choose an OUTPUT outside it")
     fs, where = arrow_filesystem(output, storage_options)
     bucket = where.split("/", 1)[0]
-    probe = join(where, f".soi-write-check-{uuid.uuid4().hex[:8]}")
     try:
         if fs.get_file_info(bucket).type == pafs.FileType.NotFound:
             raise ConfigError(f"cannot write the output {output}: no such bucket or container {bucket!r}; "
@@ -193,9 +193,6 @@ def _check_remote_output(output: str, *, fmt: str, mode: WriteMode, input_path: 
             raise ConfigError(f"{output} exists; pass --overwrite (or --mode append) or choose another output")
         if exists:
             _check_same_format(output, fmt, mode, is_delta_table(output, storage_options))
-        with fs.open_output_stream(probe) as stream:
-            stream.write(b"")
-        fs.delete_file(probe)
     except OSError as exc:
         raise ConfigError(f"cannot write the output {output}: {' '.join(str(exc).split())}; check the URI and "
                           "--storage-option settings (endpoint, credentials, region)") from exc

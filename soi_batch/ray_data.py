@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 
 from soi_batch.checks import model_for_workers, require_dataset_text
 from soi_batch.classifier import Classifier, ClassifierConfig
@@ -39,7 +40,6 @@ from soi_batch.tables import (
     WriteMode,
     arrow_reads_directly,
     csv_options,
-    is_delta_table,
     read_table,
 )
 
@@ -194,11 +194,13 @@ def write_dataset(ds: Any, path: str | Path, *, fmt: OutputFormat, mode: WriteMo
     fs_path = where
     if is_uri(where):
         filesystem, fs_path = arrow_filesystem(where, storage_options)
+    if save_mode is SaveMode.ERROR:  # checked here, before the Dataset runs
+        fs = filesystem or pafs.LocalFileSystem()
+        if fs.get_file_info(fs_path).type != pafs.FileType.NotFound:
+            raise ConfigError(f"{path} exists; pass mode='append' or mode='overwrite', or choose another output")
+        if fmt == "delta":
+            save_mode = SaveMode.APPEND  # Ray's Delta writer has append and overwrite only
     if fmt == "delta":
-        if save_mode is SaveMode.ERROR:  # Ray's Delta writer has append and overwrite only
-            if is_delta_table(where, storage_options):
-                raise ConfigError(f"{path}: a Delta table exists; pass mode='append' or mode='overwrite'")
-            save_mode = SaveMode.APPEND
         ds.write_delta(where, mode=save_mode, partition_by=parts, filesystem=filesystem,
                        storage_options=delta_storage_options(where, storage_options))
     else:

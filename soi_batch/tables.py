@@ -141,7 +141,7 @@ def _open_bytes(path: str | Path, storage_options: StorageOptions | None = None)
     """The file's bytes for Python readers, ``.gz`` and ``.xz`` decompressed."""
     if is_uri(path):
         fs, where = arrow_filesystem(str(path), storage_options)
-        raw = fs.open_input_stream(where, compression=None)
+        raw = fs.open_input_stream(where, compression=None, buffer_size=1 << 22)
         if str(path).endswith(".gz"):
             return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
         if str(path).endswith(".xz"):
@@ -161,7 +161,8 @@ def _open_arrow(path: str | Path, storage_options: StorageOptions | None = None)
         if str(path).endswith(".xz"):
             return pa.PythonFile(_open_bytes(path, storage_options), mode="r")
         fs, where = arrow_filesystem(str(path), storage_options)
-        return fs.open_input_stream(where, compression="gzip" if str(path).endswith(".gz") else None)
+        return fs.open_input_stream(where, compression="gzip" if str(path).endswith(".gz") else None,
+                                    buffer_size=1 << 22)
     path = Path(local_path(path))
     if path.suffix == ".xz":
         return pa.PythonFile(lzma.open(path, "rb"), mode="r")
