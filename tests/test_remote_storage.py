@@ -38,8 +38,7 @@ def s3() -> dict[str, str]:
     The server runs in its own process: Delta Lake's calls hold the GIL while they wait for the
     server, so a server thread in this process could not answer them.
     """
-    boto3 = pytest.importorskip("boto3")
-    pytest.importorskip("moto.server")
+    import boto3  # with moto[server], in the dev extra
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
