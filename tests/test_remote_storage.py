@@ -233,3 +233,28 @@ def test_cli_classifies_s3_csv_into_a_partitioned_s3_delta_table(s3, tiny_bundle
     rows = table.to_pyarrow_table()
     assert rows.num_rows == 80 and sorted(set(rows["ID"].to_pylist())) == sorted(_local_rows(40)["ID"].to_pylist())
     assert rows["error"].null_count == 80 and rows["source_code"].null_count == 0
+
+
+@pytest.mark.slow
+def test_nightly_reads_s3_csv_and_merges_into_an_s3_delta_table(s3, tiny_bundle, ray_local, tmp_path):
+    from deltalake import DeltaTable
+
+    from soi_batch.nightly import NightlyConfig, run_nightly
+
+    options = _opts(s3)
+    rows = _local_rows(40)
+    sink = pa.BufferOutputStream()
+    pacsv.write_csv(rows, sink)
+    s3["client"].put_object(Bucket=BUCKET, Key="nightly/reports.csv", Body=sink.getvalue().to_pybytes())
+    with pytest.raises(ConfigError, match="manifest_dir / staging_dir must be folders"):
+        NightlyConfig(input=f"s3://{BUCKET}/nightly/reports.csv", output=f"s3://{BUCKET}/nightly/out")
+    config = NightlyConfig(input=f"s3://{BUCKET}/nightly/reports.csv", output=f"s3://{BUCKET}/nightly/out",
+                           manifest_dir=str(tmp_path / "manifests"), storage_options=options, id_col="ID",
+                           model=str(tiny_bundle), chunk_rows=100, ray={"batch_size": 100})
+    manifest = run_nightly(config)
+    unique = len(set(rows["ID"].to_pylist()))
+    assert manifest.status == "completed" and manifest.counts.classified == unique
+    table = DeltaTable(config.output, storage_options={**options, "AWS_ALLOW_HTTP": "true"})
+    assert sorted(table.to_pyarrow_table()["ID"].to_pylist()) == sorted(set(rows["ID"].to_pylist()))
+    again = run_nightly(config)  # nothing new: the state is read back from S3
+    assert again.status == "completed" and again.counts.classified == 0

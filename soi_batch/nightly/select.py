@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 
 from soi_batch.errors import InputSchemaError
 from soi_batch.nightly.sink import NEW_ID_COL
+from soi_batch.storage import StorageOptions, arrow_filesystem, delta_storage_options, is_uri
 from soi_batch.tables import InputSnapshot, InputSpec
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ class InputSource:
         snapshot = InputSnapshot.open(spec)
         if snapshot.version is not None:
             return cls(snapshot, f"delta:{spec.path}@v{snapshot.version}")
-        return cls(snapshot, _files_fingerprint(list(snapshot.files)))
+        return cls(snapshot, _files_fingerprint(list(snapshot.files), spec))
 
     @property
     def spec(self) -> InputSpec:
@@ -82,10 +83,15 @@ class InputSource:
         return self.snapshot.batches(columns)
 
 
-def _files_fingerprint(paths: list[str]) -> str:
+def _files_fingerprint(paths: list[str], spec: InputSpec) -> str:
     """sha256 over (path, size, mtime) of the input files: changes when any file changes."""
     h = hashlib.sha256()
+    fs = arrow_filesystem(spec.path, spec.storage_options)[0] if is_uri(spec.path) else None
     for p in paths:
+        if fs is not None:  # a remote input: the object store's size and modification time
+            info = fs.get_file_info(arrow_filesystem(p, spec.storage_options)[1] if is_uri(p) else p)
+            h.update(json.dumps([p, info.size, info.mtime_ns]).encode())
+            continue
         st = Path(p).stat()
         h.update(json.dumps([p, st.st_size, st.st_mtime_ns]).encode())
     return f"files:{len(paths)}:{h.hexdigest()[:16]}"
@@ -130,13 +136,13 @@ class Selection:
         return sum(v for v in self.reasons.values())
 
 
-def open_state(output: str, id_col: str) -> pads.Dataset | None:
+def open_state(output: str, id_col: str, storage_options: StorageOptions | None = None) -> pads.Dataset | None:
     """The output table as a dataset (checked for the state columns), or None if it does not exist yet."""
     from deltalake import DeltaTable
     from deltalake.exceptions import TableNotFoundError
 
     try:
-        table = DeltaTable(output)
+        table = DeltaTable(output, storage_options=delta_storage_options(output, storage_options))
     except TableNotFoundError:
         return None
     names = pa.schema(table.schema().to_arrow()).names

@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from soi_batch.errors import ConcurrentWriteError, InputSchemaError
+from soi_batch.storage import StorageOptions, delta_storage_options
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,11 @@ class CommitResult:
 class DeltaSink:
     """Append-new / MERGE-known writer for one output Delta table."""
 
-    def __init__(self, uri: str, id_col: str, schema: pa.Schema, *, run_id: str) -> None:
+    def __init__(self, uri: str, id_col: str, schema: pa.Schema, *, run_id: str,
+                 storage_options: StorageOptions | None = None) -> None:
         self.uri = uri
+        self.storage_options = delta_storage_options(uri, storage_options)
+        """Delta Lake's options for a remote ``uri`` (:mod:`soi_batch.storage`); None for a local table."""
         self.id_col = id_col
         self.schema = schema
         self.run_id = run_id
@@ -71,12 +75,12 @@ class DeltaSink:
         from deltalake.exceptions import TableNotFoundError
 
         try:
-            table = DeltaTable(self.uri)
+            table = DeltaTable(self.uri, storage_options=self.storage_options)
         except TableNotFoundError:
             write_deltalake(self.uri, self.schema.empty_table(), mode="error",
-                            description="soi-batch nightly source-of-injury results")
+                            description="soi-batch nightly source-of-injury results", storage_options=self.storage_options)
             log.info("created output Delta table %s", self.uri)
-            self.version = DeltaTable(self.uri).version()
+            self.version = DeltaTable(self.uri, storage_options=self.storage_options).version()
             return self.version
         existing = pa.schema(table.schema().to_arrow())
         missing = [f.name for f in self.schema if f.name not in existing.names]
@@ -102,15 +106,17 @@ class DeltaSink:
         properties = CommitProperties(custom_metadata={"soi_batch_run_id": self.run_id})
         start = time.perf_counter()
         inserted = updated = commits = 0
-        self._expect_version(DeltaTable(self.uri).version(), "before this chunk")
+        self._expect_version(DeltaTable(self.uri, storage_options=self.storage_options).version(), "before this chunk")
         if new.num_rows:
-            write_deltalake(self.uri, new, mode="append", schema_mode="merge", commit_properties=properties)
+            write_deltalake(self.uri, new, mode="append", schema_mode="merge", commit_properties=properties,
+                            storage_options=self.storage_options)
             inserted, commits = new.num_rows, 1
             self.version += 1
-            self._expect_version(DeltaTable(self.uri).version(), "while this chunk was appended")
+            self._expect_version(DeltaTable(self.uri, storage_options=self.storage_options).version(),
+                                 "while this chunk was appended")
         if known.num_rows:
             metrics = (
-                DeltaTable(self.uri)
+                DeltaTable(self.uri, storage_options=self.storage_options)
                 .merge(known, predicate=self.predicate, source_alias="s", target_alias="t", merge_schema=True,
                        streamed_exec=False, commit_properties=properties)
                 .when_matched_update_all()
@@ -121,5 +127,6 @@ class DeltaSink:
             updated += int(metrics["num_target_rows_updated"])
             commits += 1
             self.version += 1
-            self._expect_version(DeltaTable(self.uri).version(), "while this chunk was MERGEd")
+            self._expect_version(DeltaTable(self.uri, storage_options=self.storage_options).version(),
+                                 "while this chunk was MERGEd")
         return CommitResult(self.version, inserted, updated, time.perf_counter() - start, commits)
