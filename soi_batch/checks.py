@@ -8,7 +8,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +66,7 @@ class OutputTarget:
     """An earlier output exists and is to be overwritten (``--overwrite`` / ``--mode overwrite``)."""
     mode: WriteMode = "error"
     """The write mode asked for: ``error`` (the output must not exist), ``append`` or ``overwrite``."""
-    storage_options: dict[str, str] | None = None
+    storage_options: dict[str, str] | None = field(default=None, repr=False)
     """How to reach a remote output (:mod:`soi_batch.storage`)."""
 
     @property

@@ -78,6 +78,14 @@ def parse_storage_options(pairs: Sequence[str] | None) -> dict[str, str]:
     return options
 
 
+_SECRET_WORDS = ("secret", "key", "token", "password", "sas", "credential")
+
+
+def redacted(storage_options: StorageOptions | None) -> dict[str, str]:
+    """The options with secret values (keys, tokens, passwords) replaced by ``***``, for logs and manifests."""
+    return {k: "***" if any(w in k.lower() for w in _SECRET_WORDS) else v for k, v in (storage_options or {}).items()}
+
+
 def delta_storage_options(location: str, storage_options: StorageOptions | None) -> dict[str, str] | None:
     """The options Delta Lake gets for ``location``: as given (None for a local path or no options).
 

@@ -63,7 +63,7 @@ class InputSpec:
     num_rows: int | None = None
     """Row count when it is known before the rows are read (Parquet footers; CSV: the records
     counted by the strict scan of the whole file), else None (Delta)."""
-    storage_options: dict[str, str] | None = None
+    storage_options: dict[str, str] | None = field(default=None, repr=False)
     """How to reach a remote ``path`` (:mod:`soi_batch.storage`); None: local, or the environment's."""
 
     def require(self, *names: str | None, role: str = "column") -> None:

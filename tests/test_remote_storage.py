@@ -54,10 +54,10 @@ def s3() -> dict[str, str]:
                 if time.monotonic() > deadline or server.poll() is not None:
                     raise RuntimeError("the moto S3 server did not start") from None
                 time.sleep(0.2)
-        options = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test",
-                   "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1"}
-        client = boto3.client("s3", endpoint_url=options["AWS_ENDPOINT_URL"], aws_access_key_id="test",
-                              aws_secret_access_key="test", region_name="us-east-1")
+        options = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "soi-test-key-id",
+                   "AWS_SECRET_ACCESS_KEY": "soi-test-secret", "AWS_REGION": "us-east-1"}
+        client = boto3.client("s3", endpoint_url=options["AWS_ENDPOINT_URL"], aws_access_key_id="soi-test-key-id",
+                              aws_secret_access_key="soi-test-secret", region_name="us-east-1")
         client.create_bucket(Bucket=BUCKET)
         client.put_object(Bucket=BUCKET, Key="in/sample.csv", Body=SAMPLE.read_bytes())
         client.put_object(Bucket=BUCKET, Key="in/sample.parquet", Body=_parquet_bytes(_local_rows()))
@@ -258,3 +258,6 @@ def test_nightly_reads_s3_csv_and_merges_into_an_s3_delta_table(s3, tiny_bundle,
     assert sorted(table.to_pyarrow_table()["ID"].to_pylist()) == sorted(set(rows["ID"].to_pylist()))
     again = run_nightly(config)  # nothing new: the state is read back from S3
     assert again.status == "completed" and again.counts.classified == 0
+    written = [p.read_text() for p in (tmp_path / "manifests").rglob("*.json")]
+    assert written and not any("soi-test-secret" in text or "soi-test-key-id" in text for text in written)
+    assert '"AWS_REGION": "us-east-1"' in written[0]  # the settings that are not secrets are recorded

@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, model_validator
 
 from soi_batch.classifier import ClassifierConfig
 from soi_batch.errors import ConfigError
 from soi_batch.ray_data import RayOptions
-from soi_batch.storage import is_uri
+from soi_batch.storage import is_uri, redacted
 
 _Section = TypeVar("_Section", ClassifierConfig, RayOptions)
 
@@ -75,6 +75,10 @@ class NightlyConfig(BaseModel):
             super().__init__(**settings)
         except ValidationError as exc:
             raise ConfigError(f"invalid nightly settings: {_problems(exc)}") from exc
+
+    @field_serializer("storage_options")
+    def _without_secrets(self, options: dict[str, str]) -> dict[str, str]:
+        return redacted(options)  # the run manifest records the config: no credentials in it
 
     @model_validator(mode="after")
     def _settings_build(self) -> NightlyConfig:
