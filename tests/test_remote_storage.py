@@ -205,9 +205,12 @@ def test_local_parquet_output_modes_and_partitioning(tmp_path, ray_local):
         write_dataset(ds, out, fmt="parquet", mode="replace")  # type: ignore[arg-type]
 
 
-def test_cli_mode_and_overwrite_must_agree(tmp_path, capsys):
+def test_cli_write_options_are_checked_before_any_work(tmp_path, capsys):
     rc = main(["classify", str(SAMPLE), str(tmp_path / "out"), "--overwrite", "--mode", "append"])
     assert rc != 0 and "--overwrite and --mode append disagree" in capsys.readouterr().err
+    rc = main(["classify", str(SAMPLE), str(tmp_path / "out"), "--partition-by", "Nope"])
+    assert rc != 0 and "--partition-by column 'Nope' not found" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 # --- the CLI end to end on s3:// -----------------------------------------------------------------

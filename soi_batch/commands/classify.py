@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     spec = inspect_input(args.input, fmt=args.input_format, encoding=args.encoding, storage_options=storage)
     spec.require_text(args.text_col, role="text column")
     spec.require(args.id_col, role="id column")
-    spec.require(*(args.partition_by or ()), role="--partition-by column")
+    spec.require(*(c for c in args.partition_by or () if c not in RESULT_SCHEMA.names), role="--partition-by column")
     target = check_output(args.output, fmt=args.output_format, overwrite=args.overwrite, mode=args.mode,
                           input_path=spec.path, storage_options=storage)
     out = target.path  # absolute or a URI; a local output is replaced only once the new one is written
