@@ -264,3 +264,12 @@ def test_nightly_reads_s3_csv_and_merges_into_an_s3_delta_table(s3, tiny_bundle,
     written = [p.read_text() for p in (tmp_path / "manifests").rglob("*.json")]
     assert written and not any("soi-test-secret" in text or "soi-test-key-id" in text for text in written)
     assert '"AWS_REGION": "us-east-1"' in written[0]  # the settings that are not secrets are recorded
+
+
+def test_file_uris_are_local_paths(tmp_path):
+    spec = inspect_input(SAMPLE.as_uri())
+    assert spec.path == str(SAMPLE) and spec.format == "csv" and spec.num_rows == 1000
+    target = check_output((tmp_path / "out").as_uri(), fmt="delta")
+    assert target.path == str(tmp_path / "out") and not target.remote
+    write_table(_local_rows(3), (tmp_path / "out").as_uri(), fmt="delta")
+    assert read_table(inspect_input((tmp_path / "out").as_uri())).num_rows == 3
