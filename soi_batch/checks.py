@@ -1,4 +1,4 @@
-"""Checks that run before any row is classified (Ray Data entry point; CLI outputs)."""
+"""Checks that run before any row is classified (Ray Data entry point; CLI outputs, local or remote)."""
 
 from __future__ import annotations
 
@@ -8,16 +8,18 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 
 from soi_batch.bundle import is_hub_id, load_bundle
 from soi_batch.encoding import PromptEncoder
 from soi_batch.errors import ConfigError, InputSchemaError
-from soi_batch.tables import OUTPUT_FORMATS, is_delta_table, is_text_type
+from soi_batch.storage import StorageOptions, arrow_filesystem, is_uri, local_path
+from soi_batch.tables import OUTPUT_FORMATS, WRITE_MODES, WriteMode, is_delta_table, is_text_type
 
 
 def model_for_workers(model: str | Path | None, cache_dir: Path | None = None) -> str:
@@ -63,47 +65,59 @@ def require_dataset_text(ds: Any, text_col: str) -> None:
 class OutputTarget:
     """Where `soi-batch classify` writes, decided (and checked) before any row is classified."""
 
-    path: Path
-    """The output, absolute."""
+    path: str
+    """The output: a local path made absolute, or a URI (``s3://…``) as given."""
     fmt: str
     replace: bool
-    """An earlier output exists and ``--overwrite`` was given."""
+    """An earlier output exists and is to be overwritten (``--overwrite`` / ``--mode overwrite``)."""
+    mode: WriteMode = "error"
+    """The write mode asked for: ``error`` (the output must not exist), ``append`` or ``overwrite``."""
+    storage_options: dict[str, str] | None = field(default=None, repr=False)
+    """How to reach a remote output (:mod:`soi_batch.storage`)."""
+
+    @property
+    def remote(self) -> bool:
+        return is_uri(self.path)
 
     @property
     def delta_in_place(self) -> bool:
         """An existing Delta table overwritten by a new table version (its history kept)."""
-        return self.replace and self.fmt == "delta" and is_delta_table(self.path)
+        return self.replace and self.fmt == "delta" and is_delta_table(self.path, self.storage_options)
 
     @contextmanager
-    def write(self) -> Iterator[tuple[Path, Literal["append", "overwrite"]]]:
-        """Yield where to write and the Delta mode; nothing existing is deleted before the new result is written.
+    def write(self) -> Iterator[tuple[str, WriteMode]]:
+        """Yield where to write and the mode to write in; locally, nothing existing is deleted before the new
+        result is written.
 
-        A new output is written in place.  An existing Delta table (Delta output) gets a new version
-        written in mode ``overwrite``: the old files stay, referenced by the older versions, until
-        ``vacuum()``.  Any other earlier output is replaced only once the new one is complete: it is
-        written next to it (``.NAME.soi-new-*``), then the two are swapped by renames.  If the write
-        fails, the partial new output is removed and the earlier one is left as it was.
+        A new output is written in place; ``append`` adds to an existing one.  An existing Delta table
+        overwritten gets a new version written in mode ``overwrite``: the old files stay, referenced by
+        the older versions, until ``vacuum()``.  Any other earlier local output is replaced only once the
+        new one is complete: it is written next to it (``.NAME.soi-new-*``), then the two are swapped by
+        renames.  If the write fails, the partial new output is removed and the earlier one is left as
+        it was.  An object store has no renames: a remote Parquet output is overwritten in place (its
+        files deleted, then the new ones written).
         """
         if not self.replace:
             yield self.path, "append"
             return
-        if self.delta_in_place:
+        if self.delta_in_place or self.remote:
             yield self.path, "overwrite"
             return
+        here = Path(self.path)
         tag = uuid.uuid4().hex[:8]
-        new = self.path.with_name(f".{self.path.name}.soi-new-{tag}")
-        old = self.path.with_name(f".{self.path.name}.soi-old-{tag}")
+        new = here.with_name(f".{here.name}.soi-new-{tag}")
+        old = here.with_name(f".{here.name}.soi-old-{tag}")
         try:
-            yield new, "append"
+            yield str(new), "append"
             new.mkdir(exist_ok=True)  # the writer made it, unless it wrote nothing
         except BaseException:
             _remove(new)
             raise
-        self.path.rename(old)
+        here.rename(old)
         try:
-            new.rename(self.path)
+            new.rename(here)
         except BaseException:
-            old.rename(self.path)
+            old.rename(here)
             _remove(new)
             raise
         _remove(old)
@@ -116,29 +130,80 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def check_output(output: str | Path, *, fmt: str, overwrite: bool, input_path: str | Path | None = None
-                 ) -> OutputTarget:
-    """The output, checked before any row is classified (paths resolved: relative, ``..``, symlinks).
+def write_mode(overwrite: bool, mode: str | None) -> WriteMode:
+    """The write mode from ``--overwrite`` and ``--mode`` (default ``error``); ConfigError if they disagree."""
+    if mode is not None and mode not in WRITE_MODES:
+        raise ConfigError(f"write mode {mode!r} is not one of {list(WRITE_MODES)}")
+    if overwrite and mode not in (None, "overwrite"):
+        raise ConfigError(f"--overwrite and --mode {mode} disagree; pass one of them")
+    return "overwrite" if overwrite else (mode or "error")  # type: ignore[return-value]
 
-    Raises :class:`ConfigError` for an unknown format; an output that is the input, contains it or
-    is inside it (``--overwrite`` would delete the input, or the output would land inside an input
-    table); an existing output without ``overwrite``, or, with it, one that is not an earlier
-    output (a Delta table or a folder of Parquet files); a parent that is not a directory or not
-    writable (tried by creating a directory there).
+
+def check_output(output: str | Path, *, fmt: str, overwrite: bool = False, input_path: str | Path | None = None,
+                 mode: str | None = None, storage_options: StorageOptions | None = None) -> OutputTarget:
+    """The output, checked before any row is classified (local paths resolved: relative, ``..``, symlinks).
+
+    ``output``: a local path or a URI (``s3://bucket/results``, reached with ``storage_options``).
+    ``mode``: ``error`` (default; ``overwrite=True`` means ``overwrite``), ``append`` or ``overwrite``.
+    Raises :class:`ConfigError` for an unknown format or mode; an output that is the input, contains
+    it or is inside it (``--overwrite`` would delete the input, or the output would land inside an
+    input table); an existing output in mode ``error``, or, in the other modes, one that is not an
+    earlier output (a Delta table or a folder of Parquet files; appending needs the same format); a
+    local parent that is not a directory or not writable (tried by creating a directory there); a
+    remote output whose bucket does not exist or cannot be reached with these credentials (a write
+    is not tried there: deleting a probe object leaves a folder marker behind on S3).
     """
     if fmt not in OUTPUT_FORMATS:
         raise ConfigError(f"output format {fmt!r} is not one of {list(OUTPUT_FORMATS)}")
-    out = Path(output).expanduser().resolve()
-    if input_path is not None:
+    how = write_mode(overwrite, mode)
+    options = dict(storage_options) if storage_options else None
+    if is_uri(output):
+        return _check_remote_output(str(output), fmt=fmt, mode=how, input_path=input_path, storage_options=options)
+    out = Path(local_path(output)).expanduser().resolve()
+    if input_path is not None and not is_uri(input_path):
         _check_not_input(output, out, input_path)
     exists = out.exists() or out.is_symlink()
-    if exists and not overwrite:
-        raise ConfigError(f"{output} exists; pass --overwrite or choose another output")
+    if exists and how == "error":
+        raise ConfigError(f"{output} exists; pass --overwrite (or --mode append) or choose another output")
     if exists:
         _check_replaceable(output, out)
-    target = OutputTarget(out, fmt, replace=exists)
-    _check_writable(out if target.delta_in_place else out.parent, out)
+        _check_same_format(output, fmt, how, is_delta_table(out))
+    target = OutputTarget(str(out), fmt, replace=exists and how == "overwrite", mode=how)
+    _check_writable(out if exists and (target.delta_in_place or how == "append") else out.parent, out)
     return target
+
+
+def _check_same_format(output: str | Path, fmt: str, mode: WriteMode, is_delta: bool) -> None:
+    if mode == "append" and (fmt == "delta") != is_delta:
+        held = "a Delta table" if is_delta else "not a Delta table"
+        raise ConfigError(f"{output} is {held}; --mode append adds to an output of the same format "
+                          f"(--output-format {'delta' if is_delta else 'parquet'})")
+
+
+def _check_remote_output(output: str, *, fmt: str, mode: WriteMode, input_path: str | Path | None,
+                         storage_options: dict[str, str] | None) -> OutputTarget:
+    """:func:`check_output` for a URI: not the input, its bucket reachable, an existing output only in modes
+    ``append`` and ``overwrite``."""
+    if input_path is not None and is_uri(input_path):
+        out, source = output.rstrip("/") + "/", str(input_path).rstrip("/") + "/"
+        if out.startswith(source) or source.startswith(out):
+            raise ConfigError(f"OUTPUT {output} overlaps the input {input_path}; choose an OUTPUT outside it")
+    fs, where = arrow_filesystem(output, storage_options)
+    bucket = where.split("/", 1)[0]
+    try:
+        if fs.get_file_info(bucket).type == pafs.FileType.NotFound:
+            raise ConfigError(f"cannot write the output {output}: no such bucket or container {bucket!r}; "
+                              "create it or choose another OUTPUT")
+        exists = fs.get_file_info(where).type != pafs.FileType.NotFound
+        if exists and mode == "error":
+            raise ConfigError(f"{output} exists; pass --overwrite (or --mode append) or choose another output")
+        if exists:
+            _check_same_format(output, fmt, mode, is_delta_table(output, storage_options))
+    except OSError as exc:
+        raise ConfigError(f"cannot write the output {output}: {' '.join(str(exc).split())}; check the URI and "
+                          "--storage-option settings (endpoint, credentials, region)") from exc
+    return OutputTarget(output, fmt, replace=exists and mode == "overwrite", mode=mode,
+                        storage_options=storage_options)
 
 
 def _check_not_input(output: str | Path, out: Path, input_path: str | Path) -> None:

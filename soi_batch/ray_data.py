@@ -13,22 +13,32 @@ import logging
 import math
 import os
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from numbers import Integral, Real
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 
 from soi_batch.checks import model_for_workers, require_dataset_text
 from soi_batch.classifier import Classifier, ClassifierConfig
 from soi_batch.engines.threads import set_torch_threads
 from soi_batch.errors import ConfigError
+from soi_batch.storage import (
+    StorageOptions,
+    absolute_location,
+    arrow_filesystem,
+    delta_storage_options,
+    is_uri,
+)
 from soi_batch.tables import (
     OUTPUT_FORMATS,
+    WRITE_MODES,
     InputSpec,
     OutputFormat,
-    absolute_uri,
+    WriteMode,
     append_results,
     arrow_reads_directly,
     csv_options,
@@ -213,38 +223,65 @@ def read_dataset(spec: InputSpec, *, override_num_blocks: int | None = None) -> 
     """A lazy ``ray.data.Dataset`` over an input checked by :func:`soi_batch.tables.inspect_input`.
 
     The format is the one :func:`~soi_batch.tables.inspect_input` decided, and CSV is parsed with
-    :func:`~soi_batch.tables.csv_options` (every column a string).  The path is made absolute,
-    since Ray's workers may run in another directory.  An input Arrow cannot open as it is
-    (``.csv.xz``: :func:`~soi_batch.tables.arrow_reads_directly`) is read on the driver by
-    :func:`~soi_batch.tables.read_table` and handed to Ray whole.
+    :func:`~soi_batch.tables.csv_options` (every column a string).  A local path is made absolute,
+    since Ray's workers may run in another directory; a URI (``s3://…``) is read through the
+    filesystem its ``spec.storage_options`` describe (:mod:`soi_batch.storage`).  An input Arrow
+    cannot open as it is (``.csv.xz``: :func:`~soi_batch.tables.arrow_reads_directly`) is read on
+    the driver by :func:`~soi_batch.tables.read_table` and handed to Ray whole.
     """
     import ray.data
 
-    path = absolute_uri(spec.path)
     if not arrow_reads_directly(spec):
         return ray.data.from_arrow(read_table(spec))
+    path = absolute_location(spec.path)
+    if spec.format == "delta":
+        return ray.data.read_delta(path, storage_options=delta_storage_options(path, spec.storage_options),
+                                   override_num_blocks=override_num_blocks)
+    filesystem = None
+    if is_uri(path):
+        filesystem, path = arrow_filesystem(path, spec.storage_options)
     if spec.format == "csv":
         read, parse, convert = csv_options(spec)
-        return ray.data.read_csv(path, read_options=read, parse_options=parse, convert_options=convert,
-                                 override_num_blocks=override_num_blocks)
-    if spec.format == "delta":
-        return ray.data.read_delta(path, override_num_blocks=override_num_blocks)
-    return ray.data.read_parquet(path, override_num_blocks=override_num_blocks)
+        return ray.data.read_csv(path, filesystem=filesystem, read_options=read, parse_options=parse,
+                                 convert_options=convert, override_num_blocks=override_num_blocks)
+    return ray.data.read_parquet(path, filesystem=filesystem, override_num_blocks=override_num_blocks)
 
 
-def write_dataset(ds: Any, path: str | Path, *, fmt: OutputFormat,
-                  mode: Literal["append", "overwrite"] = "append") -> None:
+def write_dataset(ds: Any, path: str | Path, *, fmt: OutputFormat, mode: WriteMode = "append",
+                  partition_by: Sequence[str] | None = None, storage_options: StorageOptions | None = None) -> None:
     """Write a classified ``ray.data.Dataset``: a directory of Parquet files, or a Delta table.
 
-    Delta: ``mode="append"`` creates the table or appends to it; ``"overwrite"`` commits a new
-    table version holding only these rows (the schema replaced; older versions kept until vacuum).
+    ``path``: a local path or a URI (``s3://bucket/results``), reached with ``storage_options``
+    (:mod:`soi_batch.storage`).  ``mode``: ``"append"`` creates the output or adds to it;
+    ``"error"`` refuses an existing one; ``"overwrite"`` replaces it — for Delta, a new table
+    version holding only these rows (the schema replaced; older versions kept until vacuum), for
+    Parquet, the directory's files are deleted first.  ``partition_by``: columns whose values
+    name the subdirectories (``col=value/``) the rows go to (Parquet and Delta alike).
     """
+    from ray.data import SaveMode
+
     if fmt not in OUTPUT_FORMATS:  # before the Dataset runs
         raise ConfigError(f"output format {fmt!r} is not one of {list(OUTPUT_FORMATS)}")
+    if mode not in WRITE_MODES:
+        raise ConfigError(f"write mode {mode!r} is not one of {list(WRITE_MODES)}")
+    where = absolute_location(path)
+    parts = list(partition_by) if partition_by else None
+    save_mode = SaveMode(mode)
+    filesystem = None
+    fs_path = where
+    if is_uri(where):
+        filesystem, fs_path = arrow_filesystem(where, storage_options)
+    if save_mode is SaveMode.ERROR:  # checked here, before the Dataset runs
+        fs = filesystem or pafs.LocalFileSystem()
+        if fs.get_file_info(fs_path).type != pafs.FileType.NotFound:
+            raise ConfigError(f"{path} exists; pass mode='append' or mode='overwrite', or choose another output")
+        if fmt == "delta":
+            save_mode = SaveMode.APPEND  # Ray's Delta writer has append and overwrite only
     if fmt == "delta":
-        ds.write_delta(absolute_uri(path), mode=mode)
+        ds.write_delta(where, mode=save_mode, partition_by=parts, filesystem=filesystem,
+                       storage_options=delta_storage_options(where, storage_options))
     else:
-        ds.write_parquet(absolute_uri(path))
+        ds.write_parquet(fs_path, filesystem=filesystem, partition_cols=parts, mode=save_mode)
 
 
 def init_ray(address: str | None = None, *, num_cpus: int | None = None,

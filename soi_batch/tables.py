@@ -8,6 +8,9 @@ cp1252); :func:`read_table` reads it whole, :class:`InputSnapshot` streams it in
 and Ray Data reads it with the options given here (:mod:`soi_batch.ray_data`).  CSV columns are
 read as strings, so codes and ids keep their leading digits.
 
+Every location may be a local path or a URI (``s3://…``, ``gs://…``, ``abfs://…``, ``file://…``)
+with storage options (:mod:`soi_batch.storage`); a URI is kept as a string, never made a Path.
+
 :func:`append_results` is the one rule for adding result columns to input rows: results go
 last, and an input column with a result's name is replaced.
 """
@@ -27,9 +30,19 @@ from typing import Literal
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from soi_batch.errors import ConfigError, InputReadError, InputSchemaError
+from soi_batch.storage import (
+    StorageOptions,
+    absolute_location,
+    arrow_filesystem,
+    delta_storage_options,
+    is_uri,
+    join,
+    local_path,
+)
 
 InputFormat = Literal["csv", "parquet", "delta"]
 OutputFormat = Literal["parquet", "delta"]
@@ -50,6 +63,8 @@ class InputSpec:
     num_rows: int | None = None
     """Row count when it is known before the rows are read (Parquet footers; CSV: the records
     counted by the strict scan of the whole file), else None (Delta)."""
+    storage_options: dict[str, str] | None = field(default=None, repr=False)
+    """How to reach a remote ``path`` (:mod:`soi_batch.storage`); None: local, or the environment's."""
 
     def require(self, *names: str | None, role: str = "column") -> None:
         """Raise :class:`InputSchemaError` naming the missing column and those available."""
@@ -80,39 +95,59 @@ def is_text_type(kind: pa.DataType) -> bool:
             or pa.types.is_null(value))
 
 
-def absolute_uri(path: str | Path) -> str:
-    """A local path made absolute (Ray's workers keep the working directory Ray started in, and
-    Ray's Delta writer needs a URI); a URI with a scheme (``s3://…``) as it is."""
-    text = str(path)
-    return text if "://" in text else str(Path(text).expanduser().absolute())
+absolute_uri = absolute_location
+"""A local path made absolute; a URI (``s3://…``) as it is (:func:`soi_batch.storage.absolute_location`)."""
 
 
 CSV_SUFFIXES: tuple[str, ...] = (".csv", ".csv.gz", ".csv.xz", ".txt")
 """Names read as CSV (case-insensitive)."""
 
 
-def is_delta_table(path: str | Path) -> bool:
-    """A directory holding a Delta transaction log (``_delta_log``)."""
-    return (Path(path) / "_delta_log").is_dir()
+def is_delta_table(path: str | Path, storage_options: StorageOptions | None = None) -> bool:
+    """A directory holding a Delta transaction log (``_delta_log``), local or remote."""
+    if not is_uri(path):
+        return (Path(local_path(path)) / "_delta_log").is_dir()
+    fs, where = arrow_filesystem(str(path), storage_options)
+    try:
+        return fs.get_file_info(join(where, "_delta_log")).type == pafs.FileType.Directory
+    except OSError as exc:
+        raise InputReadError(f"{path}: cannot reach it: {_one_line(exc)}") from exc
 
 
-def detect_format(path: str | Path) -> InputFormat:
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _name(path: str | Path) -> str:
+    """The last part of a path or URI, without making a URI a Path."""
+    return str(path).rstrip("/").rsplit("/", 1)[-1]
+
+
+def detect_format(path: str | Path, storage_options: StorageOptions | None = None) -> InputFormat:
     """The format of ``path``, from the path alone: the one rule every reader uses.
 
     A directory with ``_delta_log`` is ``"delta"``; a name ending in one of :data:`CSV_SUFFIXES`
     is ``"csv"``; anything else is ``"parquet"`` (a file, or a directory of Parquet files).
     Pass the format explicitly for other names (``--input-format``).
     """
-    p = Path(path)
-    if is_delta_table(p):
+    if is_delta_table(path, storage_options):
         return "delta"
-    if p.name.lower().endswith(CSV_SUFFIXES):
+    if _name(path).lower().endswith(CSV_SUFFIXES):
         return "csv"
     return "parquet"
 
 
-def _open_bytes(path: Path) -> io.BufferedIOBase:
+def _open_bytes(path: str | Path, storage_options: StorageOptions | None = None) -> io.BufferedIOBase:
     """The file's bytes for Python readers, ``.gz`` and ``.xz`` decompressed."""
+    if is_uri(path):
+        fs, where = arrow_filesystem(str(path), storage_options)
+        raw = fs.open_input_stream(where, compression=None, buffer_size=1 << 22)
+        if str(path).endswith(".gz"):
+            return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
+        if str(path).endswith(".xz"):
+            return lzma.LZMAFile(raw, "rb")  # type: ignore[return-value]
+        return raw  # type: ignore[return-value]
+    path = Path(local_path(path))
     if path.suffix == ".gz":
         return gzip.open(path, "rb")  # type: ignore[return-value]
     if path.suffix == ".xz":
@@ -120,8 +155,15 @@ def _open_bytes(path: Path) -> io.BufferedIOBase:
     return open(path, "rb")
 
 
-def _open_arrow(path: Path) -> pa.NativeFile:
+def _open_arrow(path: str | Path, storage_options: StorageOptions | None = None) -> pa.NativeFile:
     """The file's bytes for Arrow readers: Arrow decompresses ``.gz`` itself; it has no xz codec."""
+    if is_uri(path):
+        if str(path).endswith(".xz"):
+            return pa.PythonFile(_open_bytes(path, storage_options), mode="r")
+        fs, where = arrow_filesystem(str(path), storage_options)
+        return fs.open_input_stream(where, compression="gzip" if str(path).endswith(".gz") else None,
+                                    buffer_size=1 << 22)
+    path = Path(local_path(path))
     if path.suffix == ".xz":
         return pa.PythonFile(lzma.open(path, "rb"), mode="r")
     return pa.input_stream(str(path), compression="gzip" if path.suffix == ".gz" else None)
@@ -133,14 +175,14 @@ def arrow_reads_directly(spec: InputSpec) -> bool:
     True for Delta, Parquet, plain and ``.gz`` CSV; False for ``.xz`` CSV, which only the Python
     reader here decompresses (:func:`read_table`).
     """
-    return not (spec.format == "csv" and Path(spec.path).suffix == ".xz")
+    return not (spec.format == "csv" and spec.path.endswith(".xz"))
 
 
-def sniff_encoding(path: str | Path) -> str:
+def sniff_encoding(path: str | Path, storage_options: StorageOptions | None = None) -> str:
     """``"utf-8"`` if the whole file decodes as UTF-8, else ``"cp1252"`` (OSHA's encoding)."""
     decoder = codecs.getincrementaldecoder("utf-8")()
     try:
-        with _open_bytes(Path(path)) as fh:
+        with _open_bytes(path, storage_options) as fh:
             while chunk := fh.read(1 << 22):
                 decoder.decode(chunk)
             decoder.decode(b"", final=True)
@@ -153,7 +195,8 @@ _CSV_FIELD_LIMIT = 2**31 - 1
 """Python's csv refuses fields over 128 KiB by default; Arrow has no such limit."""
 
 
-def _scan_csv(path: Path, encoding: str) -> tuple[list[str], int]:
+def _scan_csv(path: str | Path, encoding: str, storage_options: StorageOptions | None = None
+              ) -> tuple[list[str], int]:
     """Parse the whole file strictly (Python's csv, streaming): its header and its record count.
 
     Arrow's CSV reader accepts a broken quote silently: it swallows the following lines into one
@@ -167,7 +210,7 @@ def _scan_csv(path: Path, encoding: str) -> tuple[list[str], int]:
     header: list[str] | None = None
     rows, start = 0, 1
     try:
-        with _open_bytes(path) as raw, io.TextIOWrapper(raw, encoding=encoding, errors="replace", newline="") as text:
+        with _open_bytes(path, storage_options) as raw, io.TextIOWrapper(raw, encoding=encoding, errors="replace", newline="") as text:
             reader = csv.reader(text, strict=True)
             for record in reader:
                 if not record:
@@ -197,33 +240,63 @@ def _scan_csv(path: Path, encoding: str) -> tuple[list[str], int]:
     return header, rows
 
 
-def inspect_input(path: str | Path, *, fmt: InputFormat | None = None, encoding: str | None = None) -> InputSpec:
-    """Check the input exists and is readable, and list its columns — before any work starts."""
-    p = Path(path)
-    if not p.exists():
-        raise InputReadError(f"{path}: no such file or directory")
-    fmt = fmt or detect_format(p)
+def inspect_input(path: str | Path, *, fmt: InputFormat | None = None, encoding: str | None = None,
+                  storage_options: StorageOptions | None = None) -> InputSpec:
+    """Check the input exists and is readable, and list its columns — before any work starts.
+
+    ``path``: a local path or a URI (``s3://bucket/reports.csv``; ``storage_options`` say how to
+    reach it, see :mod:`soi_batch.storage`).
+    """
+    where = str(path) if is_uri(path) else str(Path(local_path(path)))
+    options = dict(storage_options) if storage_options else None
+    is_dir = _check_exists(where, options)
+    fmt = fmt or detect_format(where, options)
     if fmt not in INPUT_FORMATS:
         raise ConfigError(f"input format {fmt!r} is not one of {list(INPUT_FORMATS)}")
     try:
         if fmt == "csv":
-            if p.is_dir():
+            if is_dir:
                 raise InputReadError(f"{path}: is a directory; CSV input must be one file")
-            enc = encoding or sniff_encoding(p)
-            columns, num_rows = _scan_csv(p, enc)
-            return InputSpec(str(p), "csv", columns, enc, num_rows=num_rows)
+            enc = encoding or sniff_encoding(where, options)
+            columns, num_rows = _scan_csv(where, enc, options)
+            return InputSpec(where, "csv", columns, enc, num_rows=num_rows, storage_options=options)
         if fmt == "delta":
             from deltalake import DeltaTable
 
-            schema = pa.schema(DeltaTable(str(p)).schema().to_arrow())
-            return InputSpec(str(p), "delta", list(schema.names), schema=schema)
-        dataset = pq.ParquetDataset(str(p))
+            schema = pa.schema(DeltaTable(where, storage_options=delta_storage_options(where, options)).schema().to_arrow())
+            return InputSpec(where, "delta", list(schema.names), schema=schema, storage_options=options)
+        fs, fs_path = arrow_filesystem(where, options)
+        dataset = pq.ParquetDataset(fs_path, filesystem=fs)
         num_rows = sum(fragment.metadata.num_rows for fragment in dataset.fragments)
-        return InputSpec(str(p), "parquet", list(dataset.schema.names), schema=dataset.schema, num_rows=num_rows)
+        return InputSpec(where, "parquet", list(dataset.schema.names), schema=dataset.schema, num_rows=num_rows,
+                         storage_options=options)
     except (pa.ArrowException, OSError, ValueError) as exc:
         if isinstance(exc, InputReadError):
             raise
-        raise InputReadError(f"{path}: cannot read as {fmt}: {exc}") from exc
+        raise InputReadError(f"{path}: cannot read as {fmt}: {_one_line(exc)}") from exc
+
+
+def _check_exists(path: str, storage_options: StorageOptions | None) -> bool:
+    """Raise :class:`InputReadError` (one line, naming ``path``) unless it exists; whether it is a directory."""
+    if not is_uri(path):
+        p = Path(path)
+        if not p.exists():
+            raise InputReadError(f"{path}: no such file or directory")
+        return p.is_dir()
+    fs, where = arrow_filesystem(path, storage_options)
+    try:
+        info = fs.get_file_info(where)
+        if info.type == pafs.FileType.NotFound:
+            bucket = where.split("/", 1)[0]
+            if fs.get_file_info(bucket).type == pafs.FileType.NotFound:
+                raise InputReadError(f"{path}: no such bucket or container {bucket!r}")
+            raise InputReadError(f"{path}: no such file or directory")
+    except OSError as exc:
+        if isinstance(exc, InputReadError):
+            raise
+        raise InputReadError(f"{path}: cannot reach it: {_one_line(exc)}; check the URI and --storage-option "
+                             "settings (endpoint, credentials, region)") from exc
+    return info.type == pafs.FileType.Directory
 
 
 def csv_options(spec: InputSpec, columns: Sequence[str] | None = None
@@ -253,15 +326,20 @@ def read_table(spec: InputSpec, columns: Sequence[str] | None = None) -> pa.Tabl
     try:
         if spec.format == "csv":
             read, parse, convert = csv_options(spec, cols)
-            with _open_arrow(Path(spec.path)) as fh:
+            with _open_arrow(spec.path, spec.storage_options) as fh:
                 return pacsv.read_csv(fh, read_options=read, parse_options=parse, convert_options=convert)
         if spec.format == "delta":
             from deltalake import DeltaTable
 
-            return DeltaTable(spec.path).to_pyarrow_table(columns=cols)
-        return pq.read_table(spec.path, columns=cols)
+            return DeltaTable(spec.path, storage_options=_delta_options(spec)).to_pyarrow_table(columns=cols)
+        fs, where = arrow_filesystem(spec.path, spec.storage_options)
+        return pq.read_table(where, columns=cols, filesystem=fs)
     except (pa.ArrowException, OSError) as exc:
         raise InputReadError(f"{spec.path}: cannot read as {spec.format}: {exc}") from exc
+
+
+def _delta_options(spec: InputSpec) -> dict[str, str] | None:
+    return delta_storage_options(spec.path, spec.storage_options)
 
 
 _NO_PREBUFFER = pads.ParquetFragmentScanOptions(pre_buffer=False)
@@ -289,12 +367,13 @@ class InputSnapshot:
             if spec.format == "delta":
                 from deltalake import DeltaTable
 
-                table = DeltaTable(spec.path)
+                table = DeltaTable(spec.path, storage_options=_delta_options(spec))
                 dataset = table.to_pyarrow_dataset()
                 fragments = tuple(dataset.get_fragments())  # the log's file order, pinned at this version
                 return cls(spec, dataset.schema, table.version(), tuple(f.path for f in fragments), fragments)
             if spec.format == "parquet":
-                dataset = pads.dataset(spec.path, format="parquet")
+                fs, where = arrow_filesystem(spec.path, spec.storage_options)
+                dataset = pads.dataset(where, format="parquet", filesystem=fs)
                 fragments = tuple(sorted(dataset.get_fragments(), key=lambda f: f.path))
                 return cls(spec, dataset.schema, None, tuple(f.path for f in fragments), fragments)
             return cls(spec, pa.schema([(c, pa.string()) for c in spec.columns]), None, (spec.path,))
@@ -305,7 +384,7 @@ class InputSnapshot:
         """The rows, batch by batch, in the snapshot's order (the same on every pass)."""
         if self.spec.format == "csv":
             read, parse, convert = csv_options(self.spec, columns)
-            with _open_arrow(Path(self.spec.path)) as fh, pacsv.open_csv(
+            with _open_arrow(self.spec.path, self.spec.storage_options) as fh, pacsv.open_csv(
                 fh, read_options=read, parse_options=parse, convert_options=convert
             ) as reader:
                 yield from reader
@@ -323,16 +402,31 @@ class InputSnapshot:
         return sum(f.count_rows() for f in self._fragments)
 
 
-def write_table(table: pa.Table, path: str | Path, *, fmt: OutputFormat, mode: Literal["overwrite", "append", "error"] = "error") -> None:
-    """Write one Arrow table as a Parquet file or a Delta table."""
+WriteMode = Literal["error", "append", "overwrite"]
+WRITE_MODES: tuple[str, ...] = ("error", "append", "overwrite")
+
+
+def write_table(table: pa.Table, path: str | Path, *, fmt: OutputFormat, mode: WriteMode = "error",
+                storage_options: StorageOptions | None = None, partition_by: Sequence[str] | None = None) -> None:
+    """Write one Arrow table as a Parquet file (a directory of them with ``partition_by``) or a Delta table.
+
+    ``path``: a local path or a URI; ``storage_options``: how to reach it (:mod:`soi_batch.storage`).
+    """
+    where = str(path) if is_uri(path) else local_path(path)
+    parts = list(partition_by) if partition_by else None
     if fmt == "delta":
         from deltalake import write_deltalake
 
-        write_deltalake(str(path), table, mode=mode, schema_mode="overwrite" if mode == "overwrite" else None)
+        write_deltalake(where, table, mode=mode, schema_mode="overwrite" if mode == "overwrite" else None,
+                        partition_by=parts, storage_options=delta_storage_options(where, storage_options))
     elif fmt == "parquet":
-        if Path(path).exists() and mode == "error":
+        fs, fs_path = arrow_filesystem(where, storage_options)
+        if mode == "error" and fs.get_file_info(fs_path).type != pafs.FileType.NotFound:
             raise ConfigError(f"{path} exists; choose another output or delete it")
-        pq.write_table(table, str(path))
+        if parts:
+            pq.write_to_dataset(table, fs_path, partition_cols=parts, filesystem=fs)
+        else:
+            pq.write_table(table, fs_path, filesystem=fs)
     else:
         raise ConfigError(f"output format {fmt!r} is not one of {list(OUTPUT_FORMATS)}")
 

@@ -7,8 +7,6 @@ import logging
 import time
 import uuid
 from collections import Counter
-from pathlib import Path
-from typing import Literal
 
 import pyarrow as pa
 
@@ -19,13 +17,16 @@ from soi_batch.commands.options import (
     add_engine_options,
     add_input_options,
     add_model_options,
+    add_output_options,
     add_ray_options,
+    add_storage_options,
 )
 from soi_batch.errors import ConfigError
 from soi_batch.schema import PROBABILITIES_SCHEMA, RESULT_SCHEMA
+from soi_batch.storage import StorageOptions, arrow_filesystem, join, parse_storage_options
 from soi_batch.tables import (
-    OUTPUT_FORMATS,
     InputSpec,
+    WriteMode,
     append_results,
     inspect_input,
     read_table,
@@ -38,33 +39,36 @@ log = logging.getLogger(__name__)
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("classify", help="classify reports from CSV/Parquet/Delta into Parquet/Delta",
                        description="Append source-of-injury codes, confidences and top-k to every input row.")
-    p.add_argument("input", help="CSV file, Parquet file/directory or Delta table")
-    p.add_argument("output", help="output Parquet directory or Delta table")
+    p.add_argument("input", help="CSV file, Parquet file/directory or Delta table: a path or a URI (s3://…)")
+    p.add_argument("output", help="output Parquet directory or Delta table: a path or a URI (s3://…)")
     add_model_options(p)
     add_input_options(p)
     p.add_argument("--id-col", default=None, help="report id column (checked to exist; kept in the output)")
-    p.add_argument("--output-format", choices=OUTPUT_FORMATS, default="parquet")
+    add_output_options(p)
+    add_storage_options(p)
     add_engine_options(p)
     add_ray_options(p)
     p.add_argument("--keep-probabilities", action="store_true",
                    help="also write division_probs and major_group_probs (needed by `soi-batch trends`)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing Parquet output / Delta table")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from soi_batch.ray_data import RayOptions, classify_dataset, init_ray, read_dataset, write_dataset
 
-    spec = inspect_input(args.input, fmt=args.input_format, encoding=args.encoding)
+    storage = parse_storage_options(args.storage_options)
+    spec = inspect_input(args.input, fmt=args.input_format, encoding=args.encoding, storage_options=storage)
     spec.require_text(args.text_col, role="text column")
     spec.require(args.id_col, role="id column")
-    target = check_output(args.output, fmt=args.output_format, overwrite=args.overwrite, input_path=spec.path)
-    out = target.path  # absolute; an existing output is replaced only once the new one is written
+    spec.require(*(c for c in args.partition_by or () if c not in RESULT_SCHEMA.names), role="--partition-by column")
+    target = check_output(args.output, fmt=args.output_format, overwrite=args.overwrite, mode=args.mode,
+                          input_path=spec.path, storage_options=storage)
+    out = target.path  # absolute or a URI; a local output is replaced only once the new one is written
     bundle = load_bundle(args.model, args.cache_dir)  # validates (or builds) the bundle before Ray starts
     if spec.num_rows == 0:
         with target.write() as (path, mode):
             write_empty_output(spec, path, fmt=args.output_format, keep_probabilities=args.keep_probabilities,
-                               mode=mode)
+                               mode=mode, partition_by=args.partition_by, storage_options=storage)
         print(f"input {spec.path} has 0 rows: wrote an empty output with the result columns → {out}")
         return 0
     engine_options: dict = {"quantization": args.quantization} if args.quantization else {}
@@ -84,31 +88,41 @@ def run(args: argparse.Namespace) -> int:
              bundle.model_id)
     start = time.perf_counter()
     with target.write() as (path, mode):
-        write_dataset(ds, path, fmt=args.output_format, mode=mode)
+        write_dataset(ds, path, fmt=args.output_format, mode=mode, partition_by=args.partition_by,
+                      storage_options=storage)
     elapsed = time.perf_counter() - start
-    print(summarize(out, args.output_format, elapsed))
+    print(summarize(out, args.output_format, elapsed, storage_options=storage))
     return 0
 
 
-def write_empty_output(spec: InputSpec, out: Path, *, fmt: str, keep_probabilities: bool,
-                       mode: Literal["append", "overwrite"] = "append") -> None:
-    """The output of a 0-row input: the input's columns and the result columns, no rows (no model load)."""
+def write_empty_output(spec: InputSpec, out: str, *, fmt: str, keep_probabilities: bool, mode: WriteMode = "append",
+                       partition_by: list[str] | None = None, storage_options: StorageOptions | None = None) -> None:
+    """The output of a 0-row input: the input's columns and the result columns, no rows (no model load).
+
+    ``out``: a local path or a URI.  Delta keeps ``partition_by`` in the table's metadata; a Parquet
+    output is one file without rows, as there are no partition values.
+    """
     table = read_table(spec)
     if table.num_rows:
         raise ConfigError(f"{spec.path}: expected 0 rows, found {table.num_rows}")
     results = pa.schema([*RESULT_SCHEMA, *(PROBABILITIES_SCHEMA if keep_probabilities else [])])
     table = append_results(table, results.empty_table())
     if fmt == "delta":
-        write_table(table, out, fmt="delta", mode=mode)
-    else:  # a directory of Parquet files, like the Ray writer's
-        out.mkdir(parents=True)
-        write_table(table, out / "part-00000.parquet", fmt="parquet")
+        write_table(table, out, fmt="delta", mode=mode, partition_by=partition_by, storage_options=storage_options)
+        return
+    # a directory of Parquet files, like the Ray writer's
+    fs, where = arrow_filesystem(out, storage_options)
+    if mode == "overwrite":
+        fs.delete_dir_contents(where, missing_dir_ok=True)
+    fs.create_dir(where)
+    write_table(table, join(out, "part-00000.parquet"), fmt="parquet", mode="overwrite",
+                storage_options=storage_options)
 
 
-def summarize(path: Path, fmt: str, elapsed: float) -> str:
+def summarize(path: str, fmt: str, elapsed: float, storage_options: StorageOptions | None = None) -> str:
     """Rows, errors, reviews and the top sources of a written output, read back column-wise."""
     columns = ["source_code", "source_title", "error", "needs_review"]
-    table = read_table(inspect_input(path, fmt=fmt), columns=columns)
+    table = read_table(inspect_input(path, fmt=fmt, storage_options=storage_options), columns=columns)
     rows = table.num_rows
     errors = rows - table.column("error").null_count
     review = sum(1 for v in table.column("needs_review").to_pylist() if v)

@@ -16,7 +16,7 @@ from pathlib import Path
 from soi_batch.datasets.osha import TEXT_COL
 from soi_batch.named_models import DEFAULT_MODEL, NAMED_MODELS
 from soi_batch.pretrained import default_cache_dir
-from soi_batch.tables import INPUT_FORMATS
+from soi_batch.tables import INPUT_FORMATS, OUTPUT_FORMATS, WRITE_MODES
 
 CACHE_ENV = "SOI_BATCH_CACHE"
 RAY_ADDRESS_ENV = "RAY_ADDRESS"
@@ -105,3 +105,23 @@ def add_ray_options(p: argparse.ArgumentParser, *, from_config: bool = False) ->
                    help="Ray cluster address, e.g. auto or ray://head:10001 (default: start a local Ray)")
     p.add_argument("--num-actors", type=int, default=None, help="Ray actors (default: one per GPU, or 1 on CPU)")
     p.add_argument("--cpus-per-actor", type=float, default=1.0, help="Ray CPUs reserved per actor (default: %(default)s)")
+
+
+def add_storage_options(p: argparse.ArgumentParser) -> None:
+    """``--storage-option KEY=VALUE`` (repeatable): how to reach ``s3://``, ``gs://``, ``abfs://`` locations."""
+    p.add_argument("--storage-option", dest="storage_options", action="append", default=None, metavar="KEY=VALUE",
+                   help="for s3:// / gs:// / abfs:// inputs and outputs, in Delta Lake's names, e.g. "
+                        "AWS_ENDPOINT_URL=http://localhost:9000, AWS_REGION=eu-west-1, AWS_ACCESS_KEY_ID=…; "
+                        "repeatable (default: the environment's credentials)")
+
+
+def add_output_options(p: argparse.ArgumentParser) -> None:
+    """How an output table is written: ``--output-format``, ``--mode``, ``--overwrite``, ``--partition-by``."""
+    p.add_argument("--output-format", choices=OUTPUT_FORMATS, default="parquet")
+    p.add_argument("--mode", choices=WRITE_MODES, default=None,
+                   help="if the output exists: error (default), append to it, or overwrite it "
+                        "(Delta: a new table version, history kept)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing Parquet output / Delta table "
+                   "(the same as --mode overwrite)")
+    p.add_argument("--partition-by", action="append", default=None, metavar="COL",
+                   help="write the output partitioned by this column (col=value/ folders); repeatable")

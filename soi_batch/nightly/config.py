@@ -10,11 +10,20 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 from soi_batch.classifier import ClassifierConfig
 from soi_batch.errors import ConfigError
 from soi_batch.ray_data import RayOptions
+from soi_batch.storage import is_uri, redacted
 
 _Section = TypeVar("_Section", ClassifierConfig, RayOptions)
 
@@ -29,9 +38,12 @@ class NightlyConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     input: str = Field(min_length=1)
-    """Input table: a Delta table, a Parquet file/directory or a CSV file."""
+    """Input table: a Delta table, a Parquet file/directory or a CSV file (a path or a URI, ``s3://…``)."""
     output: str = Field(min_length=1)
-    """Output Delta table (created on the first run; MERGEd into on every run)."""
+    """Output Delta table (created on the first run; MERGEd into on every run); a path or a URI."""
+    storage_options: dict[str, str] = Field(default_factory=dict)
+    """How to reach URI inputs and outputs, in Delta Lake's names, e.g. {AWS_ENDPOINT_URL: …, AWS_REGION: …}
+    (:mod:`soi_batch.storage`); unset ones come from the environment."""
     model: str | None = None
     """Named model (soi-small, soi-mini), bundle directory or hub id (None: the default model)."""
     cache_dir: str | None = None
@@ -91,10 +103,17 @@ class NightlyConfig(BaseModel):
         """The id column(s), as a list."""
         return [self.id_col] if isinstance(self.id_col, str) else list(self.id_col)
 
+    @field_serializer("storage_options")
+    def _without_secrets(self, options: dict[str, str]) -> dict[str, str]:
+        return redacted(options)  # the run manifest records the config: no credentials in it
+
     @model_validator(mode="after")
     def _settings_build(self) -> NightlyConfig:
         self.classifier_config()  # unknown or invalid engine/Ray settings fail here, before any work
         self.ray_options()
+        if is_uri(self.resolved_manifest_dir) or is_uri(self.resolved_staging_dir):
+            raise ValueError(f"manifest_dir / staging_dir must be folders (local or mounted) when the output is "
+                             f"a URI ({self.output}); set manifest_dir")
         return self
 
     def classifier_config(self) -> ClassifierConfig:

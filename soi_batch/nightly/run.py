@@ -45,6 +45,7 @@ from soi_batch.nightly.select import (
 )
 from soi_batch.nightly.sink import DeltaSink
 from soi_batch.schema import PROBABILITIES_SCHEMA, RESULT_SCHEMA
+from soi_batch.storage import StorageOptions, delta_storage_options
 from soi_batch.tables import absolute_uri, append_results, inspect_input
 
 log = logging.getLogger(__name__)
@@ -62,18 +63,19 @@ def output_schema(source: InputSource, *, keep_probabilities: bool) -> pa.Schema
     return merged.schema.remove_metadata()
 
 
-def division_counts(output: str) -> Counter[str]:
+def division_counts(output: str, storage_options: StorageOptions | None = None) -> Counter[str]:
     """Division codes over the whole output table (one column read)."""
     from deltalake import DeltaTable
 
-    column = DeltaTable(output).to_pyarrow_dataset().to_table(columns=["division_code"]).column("division_code")
+    column = DeltaTable(output, storage_options=delta_storage_options(output, storage_options)).to_pyarrow_dataset().to_table(columns=["division_code"]).column("division_code")
     counts = pc.value_counts(column.drop_null()).to_pylist() if len(column) else []
     return Counter({c["values"]: c["counts"] for c in counts})
 
 
 def run_nightly(config: NightlyConfig) -> RunManifest:
     started, t0 = _now(), time.perf_counter()
-    spec = inspect_input(config.input, fmt=config.input_format, encoding=config.encoding)
+    spec = inspect_input(config.input, fmt=config.input_format, encoding=config.encoding,
+                         storage_options=config.storage_options)
     spec.require_text(config.text_col)
     spec.require(*config.id_columns, role="id column")
     bundle = load_bundle(config.model, Path(config.cache_dir) if config.cache_dir else None)
@@ -96,7 +98,7 @@ def run_nightly(config: NightlyConfig) -> RunManifest:
         log.info("run %s: %s (%s) → %s with %s, chunks of %d rows", run_id, source.fingerprint, spec.format,
                  config.output, bundle.model_id, config.chunk_rows)
         try:
-            mark_interrupted(manifest_dir, config.output, exclude_run=run_id)
+            mark_interrupted(manifest_dir, config.output, exclude_run=run_id, storage_options=config.storage_options)
             _run(config, key, manifest, source, bundle.path, classifier_config, ray_options, staging)
             manifest.status = "completed"
         except BaseException as exc:
@@ -121,7 +123,7 @@ def run_nightly(config: NightlyConfig) -> RunManifest:
 def _run(config: NightlyConfig, key: str, manifest: RunManifest, source: InputSource, model_path: Path,
          classifier_config, ray_options, staging: Path) -> None:
     schema = output_schema(source, keep_probabilities=config.keep_probabilities)
-    sink = DeltaSink(config.output, key, schema, run_id=manifest.run_id)
+    sink = DeltaSink(config.output, key, schema, run_id=manifest.run_id, storage_options=config.storage_options)
     clean_stale_staging(staging.parent, keep=staging.name)
     counts: Counts = manifest.counts
     # the selection reads the table at the version every commit of this run is conditional on
@@ -133,7 +135,7 @@ def _run(config: NightlyConfig, key: str, manifest: RunManifest, source: InputSo
         log.warning("output %s held %d id(s) more than once (another writer, or a table written by an older "
                     "version): kept one row of each in v%d, e.g. %s", config.output, len(repaired), sink.version,
                     repaired[:10])
-    selection = select_rows(source, open_state(config.output, key, sink.version), id_col=key,
+    selection = select_rows(source, open_state(config.output, key, sink.version, config.storage_options), id_col=key,
                             text_col=config.text_col, model_id=manifest.model_id, retry_errors=config.retry_errors,
                             work_dir=staging / "_select")
     counts.read, counts.duplicate_ids_dropped = selection.rows_read, selection.duplicate_ids_dropped
@@ -151,7 +153,7 @@ def _run(config: NightlyConfig, key: str, manifest: RunManifest, source: InputSo
     else:
         log.info("nothing to classify: every row is up to date for %s", manifest.model_id)
     manifest.label_distribution = distribution(divisions)
-    manifest.label_distribution_table = distribution(division_counts(config.output))
+    manifest.label_distribution_table = distribution(division_counts(config.output, config.storage_options))
     previous = previous_manifest(config.resolved_manifest_dir, exclude_run=manifest.run_id)
     if previous is not None:
         manifest.previous_run_id = previous.run_id

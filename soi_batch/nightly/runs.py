@@ -22,6 +22,7 @@ from pathlib import Path
 
 from soi_batch.nightly.manifest import RunManifest
 from soi_batch.nightly.sink import committed_by_run
+from soi_batch.storage import StorageOptions
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,8 @@ def clean_stale_staging(root: Path, *, keep: str) -> list[str]:
     return removed
 
 
-def mark_interrupted(manifest_dir: Path, output: str, *, exclude_run: str) -> list[RunManifest]:
+def mark_interrupted(manifest_dir: Path, output: str, *, exclude_run: str,
+                     storage_options: StorageOptions | None = None) -> list[RunManifest]:
     """Rewrite the ``running`` manifests of dead runs as ``interrupted`` with what they committed."""
     marked = []
     for path in sorted(manifest_dir.glob("run-*.json")):
@@ -97,7 +99,7 @@ def mark_interrupted(manifest_dir: Path, output: str, *, exclude_run: str) -> li
         manifest = _read(path)  # re-read: a run that has just ended wrote its final manifest first
         if manifest is None or manifest.status != "running":
             continue
-        committed = committed_by_run(output, manifest.run_id)
+        committed = committed_by_run(output, manifest.run_id, storage_options)
         manifest.status = "interrupted"
         manifest.error = (f"interrupted: the job ended without finishing this run (killed?); found by run "
                           f"{exclude_run}. {committed.commits} commit(s) of this run are in {output}")

@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 from soi_batch.errors import InputSchemaError
 from soi_batch.nightly.keys import KEY_COL, with_key
 from soi_batch.nightly.sink import NEW_ID_COL
+from soi_batch.storage import StorageOptions, arrow_filesystem, delta_storage_options, is_uri
 from soi_batch.tables import InputSnapshot, InputSpec
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ class InputSource:
         snapshot = InputSnapshot.open(spec)
         if snapshot.version is not None:
             return cls(snapshot, f"delta:{spec.path}@v{snapshot.version}", tuple(id_cols))
-        return cls(snapshot, _files_fingerprint(list(snapshot.files)), tuple(id_cols))
+        return cls(snapshot, _files_fingerprint(list(snapshot.files), spec), tuple(id_cols))
 
     @property
     def spec(self) -> InputSpec:
@@ -101,10 +102,15 @@ class InputSource:
             yield batch if columns is None else batch.select(columns)
 
 
-def _files_fingerprint(paths: list[str]) -> str:
+def _files_fingerprint(paths: list[str], spec: InputSpec) -> str:
     """sha256 over (path, size, mtime) of the input files: changes when any file changes."""
     h = hashlib.sha256()
+    fs = arrow_filesystem(spec.path, spec.storage_options)[0] if is_uri(spec.path) else None
     for p in paths:
+        if fs is not None:  # a remote input: the object store's size and modification time
+            info = fs.get_file_info(arrow_filesystem(p, spec.storage_options)[1] if is_uri(p) else p)
+            h.update(json.dumps([p, info.size, info.mtime_ns]).encode())
+            continue
         st = Path(p).stat()
         h.update(json.dumps([p, st.st_size, st.st_mtime_ns]).encode())
     return f"files:{len(paths)}:{h.hexdigest()[:16]}"
@@ -151,14 +157,15 @@ class Selection:
         return sum(v for v in self.reasons.values())
 
 
-def open_state(output: str, id_col: str, version: int | None = None) -> pads.Dataset | None:
+def open_state(output: str, id_col: str, version: int | None = None,
+               storage_options: StorageOptions | None = None) -> pads.Dataset | None:
     """The output table (at ``version``, else the latest) as a dataset, checked for the state
     columns; None if it does not exist yet."""
     from deltalake import DeltaTable
     from deltalake.exceptions import TableNotFoundError
 
     try:
-        table = DeltaTable(output, version=version)
+        table = DeltaTable(output, version=version, storage_options=delta_storage_options(output, storage_options))
     except TableNotFoundError:
         return None
     names = pa.schema(table.schema().to_arrow()).names

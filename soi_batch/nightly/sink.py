@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from soi_batch.errors import ConcurrentWriteError, InputSchemaError
+from soi_batch.storage import StorageOptions, delta_storage_options
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +67,11 @@ class CommitResult:
 class DeltaSink:
     """Append-new / MERGE-known writer for one output Delta table."""
 
-    def __init__(self, uri: str, id_col: str, schema: pa.Schema, *, run_id: str) -> None:
+    def __init__(self, uri: str, id_col: str, schema: pa.Schema, *, run_id: str,
+                 storage_options: StorageOptions | None = None) -> None:
         self.uri = uri
+        self.storage_options = delta_storage_options(uri, storage_options)
+        """Delta Lake's options for a remote ``uri`` (:mod:`soi_batch.storage`); None for a local table."""
         self.id_col = id_col
         self.schema = schema
         self.run_id = run_id
@@ -82,7 +86,7 @@ class DeltaSink:
         """The table at this writer's last version, for a conditional commit; then ``before_commit``."""
         from deltalake import DeltaTable
 
-        table = DeltaTable(self.uri, version=self.version)
+        table = DeltaTable(self.uri, version=self.version, storage_options=self.storage_options)
         if self.before_commit is not None:
             self.before_commit(operation)
         return table
@@ -95,7 +99,7 @@ class DeltaSink:
     def _conflict(self, operation: str, exc: Exception) -> ConcurrentWriteError:
         from deltalake import DeltaTable
 
-        latest = DeltaTable(self.uri).version()
+        latest = DeltaTable(self.uri, storage_options=self.storage_options).version()
         return ConcurrentWriteError(
             f"{self.uri}: another writer committed to the table (now version {latest}) since this run's last "
             f"commit v{self.version}; this {operation} was not committed ({exc}). Only one nightly job may write "
@@ -107,12 +111,12 @@ class DeltaSink:
         from deltalake.exceptions import TableNotFoundError
 
         try:
-            table = DeltaTable(self.uri)
+            table = DeltaTable(self.uri, storage_options=self.storage_options)
         except TableNotFoundError:
             write_deltalake(self.uri, self.schema.empty_table(), mode="error",
-                            description="soi-batch nightly source-of-injury results")
+                            description="soi-batch nightly source-of-injury results", storage_options=self.storage_options)
             log.info("created output Delta table %s", self.uri)
-            self.version = DeltaTable(self.uri).version()
+            self.version = DeltaTable(self.uri, storage_options=self.storage_options).version()
             return self.version
         existing = pa.schema(table.schema().to_arrow())
         missing = [f.name for f in self.schema if f.name not in existing.names]
@@ -171,7 +175,7 @@ class DeltaSink:
         """Ids that occur more than once in the table (reads the id column only)."""
         from deltalake import DeltaTable
 
-        ids = DeltaTable(self.uri, version=self.version).to_pyarrow_dataset().to_table(columns=[self.id_col])
+        ids = DeltaTable(self.uri, version=self.version, storage_options=self.storage_options).to_pyarrow_dataset().to_table(columns=[self.id_col])
         counts = ids.group_by(self.id_col, use_threads=False).aggregate([(self.id_col, "count")])
         return counts.filter(pc.greater(counts.column(f"{self.id_col}_count"), 1)).column(self.id_col).to_pylist()
 
@@ -216,14 +220,14 @@ class Committed:
     last_version: int | None = None
 
 
-def committed_by_run(uri: str, run_id: str) -> Committed:
+def committed_by_run(uri: str, run_id: str, storage_options: StorageOptions | None = None) -> Committed:
     """Sum the commits of ``run_id`` in the table's history (appends: rows added; MERGEs: inserted, updated)."""
     from deltalake import DeltaTable
     from deltalake.exceptions import TableNotFoundError
 
     found = Committed()
     try:
-        history = DeltaTable(uri).history()
+        history = DeltaTable(uri, storage_options=delta_storage_options(uri, storage_options)).history()
     except TableNotFoundError:
         return found
     for entry in history:
