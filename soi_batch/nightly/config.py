@@ -112,7 +112,7 @@ class NightlyConfig(BaseModel):
         self.classifier_config()  # unknown or invalid engine/Ray settings fail here, before any work
         self.ray_options()
         if is_uri(self.resolved_manifest_dir) or is_uri(self.resolved_staging_dir):
-            raise ValueError(f"manifest_dir / staging_dir must be folders (local or mounted) when the output is "
+            raise ConfigError(f"manifest_dir / staging_dir must be folders (local or mounted) when the output is "
                              f"a URI ({self.output}); set manifest_dir")
         return self
 
