@@ -72,14 +72,18 @@ class OutputTarget:
     def write(self) -> Iterator[tuple[Path, Literal["append", "overwrite"]]]:
         """Yield where to write and the Delta mode; nothing existing is deleted before the new result is written.
 
-        A new output is written in place.  An existing Delta table (Delta output) gets a new version
+        A new output is written in place, and removed if the write fails.  An existing Delta table (Delta output) gets a new version
         written in mode ``overwrite``: the old files stay, referenced by the older versions, until
         ``vacuum()``.  Any other earlier output is replaced only once the new one is complete: it is
         written next to it (``.NAME.soi-new-*``), then the two are swapped by renames.  If the write
         fails, the partial new output is removed and the earlier one is left as it was.
         """
         if not self.replace:
-            yield self.path, "append"
+            try:
+                yield self.path, "append"
+            except BaseException:
+                _remove(self.path)  # a new output that failed: nothing half-written may block the re-run
+                raise
             return
         if self.delta_in_place:
             yield self.path, "overwrite"

@@ -18,18 +18,21 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from soi_batch.checks import model_for_workers, require_dataset_text
 from soi_batch.classifier import Classifier, ClassifierConfig
 from soi_batch.engines.threads import set_torch_threads
 from soi_batch.errors import ConfigError
 from soi_batch.tables import (
+    INVALID_UTF8_ERROR,
     OUTPUT_FORMATS,
     InputSpec,
     OutputFormat,
     absolute_uri,
     arrow_reads_directly,
     csv_options,
+    invalid_utf8_rows,
     read_table,
 )
 
@@ -78,8 +81,19 @@ class ClassifyBatch:
         self.keep_probabilities = keep_probabilities
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return self.classifier.classify_table(batch, text_col=self.text_col, run_id=self.run_id,
-                                              keep_probabilities=self.keep_probabilities)
+        position = batch.column_names.index(self.text_col)
+        texts, bad = invalid_utf8_rows(batch.column(position))
+        if bad is None:
+            return self.classifier.classify_table(batch, text_col=self.text_col, run_id=self.run_id,
+                                                  keep_probabilities=self.keep_probabilities)
+        # a row whose text is not UTF-8 is classified as a null text, then gets its own error
+        blanked = batch.set_column(position, self.text_col, pc.if_else(bad, pa.scalar(None, texts.type), texts))
+        out = self.classifier.classify_table(blanked, text_col=self.text_col, run_id=self.run_id,
+                                             keep_probabilities=self.keep_probabilities)
+        out = out.set_column(position, self.text_col, texts)
+        where = out.column_names.index("error")
+        return out.set_column(where, out.schema.field(where),
+                              pc.if_else(bad, pa.scalar(INVALID_UTF8_ERROR, pa.string()), out.column(where)))
 
 
 def _cluster_gpus() -> int:

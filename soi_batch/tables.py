@@ -19,12 +19,14 @@ import csv
 import gzip
 import io
 import lzma
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
@@ -137,16 +139,51 @@ def arrow_reads_directly(spec: InputSpec) -> bool:
 
 
 def sniff_encoding(path: str | Path) -> str:
-    """``"utf-8"`` if the whole file decodes as UTF-8, else ``"cp1252"`` (OSHA's encoding)."""
+    """``"utf-8"`` if the whole file decodes as UTF-8, else ``"cp1252"`` (OSHA's encoding).
+
+    A file that mixes both (some lines valid UTF-8 with non-ASCII characters, others not UTF-8) is
+    refused with the first line of each kind: read as cp1252 its UTF-8 lines would be garbled
+    silently (``é`` → ``Ã©``), read as UTF-8 the others would fail.  Pass ``--encoding`` to choose.
+    A file that starts like UTF-16 (a byte-order mark, or NUL bytes) is refused with that hint.
+    """
+    p = Path(path)
     decoder = codecs.getincrementaldecoder("utf-8")()
+    first = True
     try:
-        with _open_bytes(Path(path)) as fh:
+        with _open_bytes(p) as fh:
             while chunk := fh.read(1 << 22):
+                if first and (chunk.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or b"\x00" in chunk[:4096]):
+                    raise InputReadError(
+                        f"{path}: looks like UTF-16 (a byte-order mark or NUL bytes at the start); save it as "
+                        "UTF-8, or pass --encoding utf-16"
+                    )
+                first = False
                 decoder.decode(chunk)
             decoder.decode(b"", final=True)
     except UnicodeDecodeError:
+        _refuse_mixed_encodings(p)
         return "cp1252"
     return "utf-8"
+
+
+def _refuse_mixed_encodings(path: Path) -> None:
+    """Raise :class:`InputReadError` if some lines are UTF-8 with non-ASCII characters and others are not UTF-8."""
+    utf8_line = other_line = None
+    with _open_bytes(path) as fh:
+        for number, line in enumerate(fh, start=1):
+            if line.isascii():
+                continue
+            try:
+                line.decode("utf-8")
+                utf8_line = utf8_line or number
+            except UnicodeDecodeError:
+                other_line = other_line or number
+            if utf8_line and other_line:
+                raise InputReadError(
+                    f"{path}: mixes encodings: line {utf8_line} is UTF-8 with non-ASCII characters, line "
+                    f"{other_line} is not UTF-8 (cp1252?); read as one encoding, the other lines would be "
+                    "garbled. Save the file in one encoding, or pass --encoding to choose one for every line"
+                )
 
 
 _CSV_FIELD_LIMIT = 2**31 - 1
@@ -174,6 +211,7 @@ def _scan_csv(path: Path, encoding: str) -> tuple[list[str], int]:
                     pass
                 elif header is None:
                     header = [record[0].removeprefix("\ufeff"), *record[1:]]  # Arrow drops a UTF-8 BOM too
+                    _check_header(path, header)
                 elif len(record) != len(header):
                     raise InputReadError(
                         f"{path}: malformed CSV near line {start}: Expected {len(header)} columns, got "
@@ -182,6 +220,13 @@ def _scan_csv(path: Path, encoding: str) -> tuple[list[str], int]:
                     )
                 else:
                     rows += 1
+                    longest = max(len(value) for value in record)
+                    if longest > MAX_CSV_FIELD_CHARS:
+                        raise InputReadError(
+                            f"{path}: the record that starts on line {start} has a field of {longest:,} characters; "
+                            f"fields longer than {MAX_CSV_FIELD_CHARS:,} characters are not read (a narrative is cut "
+                            "to the prompt's limit anyway). Shorten that field, or drop the row"
+                        )
                 start = reader.line_num + 1
     except csv.Error as exc:
         raise InputReadError(
@@ -195,6 +240,47 @@ def _scan_csv(path: Path, encoding: str) -> tuple[list[str], int]:
     if header is None:
         raise InputReadError(f"{path}: cannot read as csv: Empty CSV file: no header line")
     return header, rows
+
+
+MAX_CSV_FIELD_CHARS = 4 << 20
+"""The longest CSV field read (characters): Arrow's reader needs a whole record in one block
+(:func:`csv_options` sets 16 MiB blocks), so a longer field is refused before any work."""
+
+
+def _check_header(path: Path, header: list[str]) -> None:
+    """Refuse a CSV header with repeated names, or one name holding tabs or semicolons (another delimiter)."""
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise InputReadError(f"{path}: the header names {repeated} more than once; rename the repeated columns")
+    if len(header) == 1 and ("\t" in header[0] or ";" in header[0]):
+        delimiter = "tabs" if "\t" in header[0] else "semicolons"
+        raise InputReadError(
+            f"{path}: the header is one column {header[0][:60]!r} holding {delimiter}; this reader expects "
+            "comma-separated values. Export the file as CSV with commas (or as Parquet)"
+        )
+
+
+def _delta_num_rows(table: object) -> int | None:
+    """Rows of a Delta table from its log's file statistics (0 for a table without files), or None if unknown."""
+    actions = pa.table(table.get_add_actions(flatten=True))  # type: ignore[attr-defined]
+    if actions.num_rows == 0:
+        return 0
+    counts = actions.column("num_records")
+    return None if counts.null_count else int(pc.sum(counts).as_py())
+
+
+def _check_parquet_schemas(path: str, dataset: pq.ParquetDataset) -> None:
+    """Refuse a Parquet directory whose files give a column different types (Ray fails on it mid-run)."""
+    first = dataset.fragments[0].path if dataset.fragments else None
+    for fragment in dataset.fragments[1:]:
+        schema = fragment.physical_schema
+        for name in schema.names:
+            if name in dataset.schema.names and not schema.field(name).type.equals(dataset.schema.field(name).type):
+                raise InputSchemaError(
+                    f"{path}: column {name!r} has type {dataset.schema.field(name).type} in {first} but "
+                    f"{schema.field(name).type} in {fragment.path}; write every file with the same types "
+                    "(cast the column), or classify the files separately"
+                )
 
 
 def inspect_input(path: str | Path, *, fmt: InputFormat | None = None, encoding: str | None = None) -> InputSpec:
@@ -215,13 +301,19 @@ def inspect_input(path: str | Path, *, fmt: InputFormat | None = None, encoding:
         if fmt == "delta":
             from deltalake import DeltaTable
 
-            schema = pa.schema(DeltaTable(str(p)).schema().to_arrow())
-            return InputSpec(str(p), "delta", list(schema.names), schema=schema)
+            table = DeltaTable(str(p))
+            schema = pa.schema(table.schema().to_arrow())
+            return InputSpec(str(p), "delta", list(schema.names), schema=schema, num_rows=_delta_num_rows(table))
         dataset = pq.ParquetDataset(str(p))
+        _check_parquet_schemas(str(path), dataset)
         num_rows = sum(fragment.metadata.num_rows for fragment in dataset.fragments)
         return InputSpec(str(p), "parquet", list(dataset.schema.names), schema=dataset.schema, num_rows=num_rows)
+    except (EOFError, lzma.LZMAError, gzip.BadGzipFile, zlib.error) as exc:
+        raise InputReadError(
+            f"{path}: the compressed file is truncated or damaged ({exc}); download or compress it again"
+        ) from exc
     except (pa.ArrowException, OSError, ValueError) as exc:
-        if isinstance(exc, InputReadError):
+        if isinstance(exc, (InputReadError, InputSchemaError)):
             raise
         raise InputReadError(f"{path}: cannot read as {fmt}: {exc}") from exc
 
@@ -359,3 +451,51 @@ def append_results(table: pa.Table, results: pa.Table | Mapping[str, pa.Array | 
     for result_field, column in new:
         out = out.append_column(result_field, column)
     return out
+
+
+INVALID_UTF8_ERROR = "text is not valid UTF-8 (shown with U+FFFD in place of the bad bytes); fix the input's encoding"
+"""The ``error`` of a row whose narrative holds bytes that are not UTF-8 (Parquet and Delta do not check)."""
+
+
+def invalid_utf8_rows(column: pa.Array | pa.ChunkedArray) -> tuple[pa.ChunkedArray, pa.ChunkedArray | None]:
+    """``column`` with invalid UTF-8 values repaired (bad bytes → U+FFFD), and a mask of those rows.
+
+    Parquet and Delta store strings without checking their encoding, so one bad value would fail the
+    whole batch where Python decodes it.  The mask is None when every value is valid (the usual
+    case, checked in Arrow without decoding).
+    """
+    chunked = column if isinstance(column, pa.ChunkedArray) else pa.chunked_array([column])
+    try:
+        chunked.validate(full=True)
+        return chunked, None
+    except pa.ArrowInvalid:
+        pass
+    raw = chunked.cast(pa.large_binary() if pa.types.is_large_string(chunked.type) else pa.binary()).to_pylist()
+    bad, repaired = [], []
+    for value in raw:
+        try:
+            repaired.append(None if value is None else value.decode("utf-8"))
+            bad.append(False)
+        except UnicodeDecodeError:
+            repaired.append(value.decode("utf-8", errors="replace"))
+            bad.append(True)
+    return pa.chunked_array([pa.array(repaired, chunked.type)]), pa.chunked_array([pa.array(bad, pa.bool_())])
+
+
+def find_damaged_file(spec: InputSpec) -> tuple[str, str] | None:
+    """The first data file of a Parquet or Delta input that cannot be read to the end, and why; else None.
+
+    The up-front check reads only Parquet footers; a corrupt data page shows only when the rows are
+    read.  Called after a run failed, to tell a damaged input from any other failure (it reads the
+    files batch by batch, every column).
+    """
+    if spec.format == "csv":
+        return None
+    snapshot = InputSnapshot.open(spec)
+    for fragment, path in zip(snapshot._fragments, snapshot.files):
+        try:
+            for _ in fragment.to_batches(use_threads=False, batch_size=65536, fragment_scan_options=_NO_PREBUFFER):
+                pass
+        except (pa.ArrowException, OSError) as exc:
+            return path, str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    return None

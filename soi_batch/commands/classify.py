@@ -21,12 +21,13 @@ from soi_batch.commands.options import (
     add_model_options,
     add_ray_options,
 )
-from soi_batch.errors import ConfigError
+from soi_batch.errors import ConfigError, InputReadError
 from soi_batch.schema import PROBABILITIES_SCHEMA, RESULT_SCHEMA
 from soi_batch.tables import (
     OUTPUT_FORMATS,
     InputSpec,
     append_results,
+    find_damaged_file,
     inspect_input,
     read_table,
     write_table,
@@ -83,11 +84,33 @@ def run(args: argparse.Namespace) -> int:
     log.info("run %s: %s (%s) → %s (%s) with %s", run_id, spec.path, spec.format, out, args.output_format,
              bundle.model_id)
     start = time.perf_counter()
-    with target.write() as (path, mode):
-        write_dataset(ds, path, fmt=args.output_format, mode=mode)
+    try:
+        with target.write() as (path, mode):
+            write_dataset(ds, path, fmt=args.output_format, mode=mode)
+    except Exception as exc:
+        damaged = damaged_input_error(spec)
+        if damaged is None:
+            raise
+        raise damaged from exc
     elapsed = time.perf_counter() - start
     print(summarize(out, args.output_format, elapsed))
     return 0
+
+
+def damaged_input_error(spec: InputSpec) -> InputReadError | None:
+    """After a failed run: the one-line error naming a damaged file of the input, or None if it reads whole.
+
+    The checks of :func:`~soi_batch.tables.inspect_input` read a CSV whole but only the footers of
+    Parquet files: a corrupt data page surfaces inside a Ray read task, as a ``RayTaskError``.
+    """
+    damaged = find_damaged_file(spec)
+    if damaged is None:
+        return None
+    path, detail = damaged
+    return InputReadError(
+        f"{spec.path}: the file {path} is damaged and cannot be read ({detail}); nothing was written. "
+        "Write that file again (or remove it from the input), then re-run"
+    )
 
 
 def write_empty_output(spec: InputSpec, out: Path, *, fmt: str, keep_probabilities: bool,
