@@ -24,6 +24,7 @@ from soi_batch.checks import model_for_workers, require_dataset_text
 from soi_batch.classifier import Classifier, ClassifierConfig
 from soi_batch.engines.threads import set_torch_threads
 from soi_batch.errors import ConfigError
+from soi_batch.schema import PROBABILITIES_SCHEMA, RESULT_SCHEMA
 from soi_batch.tables import (
     INVALID_UTF8_ERROR,
     OUTPUT_FORMATS,
@@ -31,6 +32,7 @@ from soi_batch.tables import (
     OutputFormat,
     absolute_uri,
     arrow_reads_directly,
+    check_result_names,
     csv_options,
     invalid_utf8_rows,
     read_table,
@@ -110,10 +112,15 @@ def classify_dataset(ds: Any, *, text_col: str, model: str | Path | None = None,
     ``model`` (a name, bundle directory or hub id) is resolved on the driver: a named model is built
     once into ``cache_dir`` and every actor loads the same directory.  Ray must already be initialised
     (``ray.init()``); this function does not start it.  The model bundle and ``text_col`` (present,
-    string) are checked here, before the Dataset runs.
+    string) are checked here, before the Dataset runs, and that no column is named like a result
+    column (case-insensitively; :func:`~soi_batch.tables.check_result_names`).
     """
     model_path = model_for_workers(model, cache_dir)  # BundleError now, not ActorDiedError from an actor later
     require_dataset_text(ds, text_col)
+    schema = ds.schema()
+    if schema is not None:
+        check_result_names(schema.names, [*RESULT_SCHEMA.names, *(PROBABILITIES_SCHEMA.names if keep_probabilities
+                                                                  else [])], source="Ray Dataset")
     gpus = options.gpus_per_actor
     if gpus is None:
         gpus = 1.0 if _cluster_gpus() > 0 and config.device != "cpu" else 0.0

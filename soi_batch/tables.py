@@ -429,6 +429,26 @@ def write_table(table: pa.Table, path: str | Path, *, fmt: OutputFormat, mode: L
         raise ConfigError(f"output format {fmt!r} is not one of {list(OUTPUT_FORMATS)}")
 
 
+def check_result_names(columns: Sequence[str], result_names: Sequence[str], *, source: str) -> None:
+    """Refuse input ``columns`` named like a result column, compared case-insensitively, before any work.
+
+    :func:`append_results` would replace such a column silently (a user's ``error`` or
+    ``confidence`` lost), and Delta tables and Spark compare names case-insensitively, so an input
+    ``Error`` next to the result ``error`` fails the Delta write after every row was classified.
+    Every runner calls this in its up-front checks.  Raises :class:`InputSchemaError` naming the
+    clashing columns and the fix.
+    """
+    reserved = {name.lower(): name for name in result_names}
+    clashes = [name for name in columns if name.lower() in reserved]
+    if clashes:
+        pairs = ", ".join(f"{name!r} (result {reserved[name.lower()]!r})" for name in clashes)
+        raise InputSchemaError(
+            f"{source}: input column(s) {pairs} have the name of a result column (names compared "
+            "case-insensitively, as Delta and Spark do); the results would replace or clash with them. "
+            "Rename or drop those columns first (an earlier run's output: keep only its input columns)"
+        )
+
+
 def kept_columns(names: Sequence[str], result_names: Sequence[str]) -> list[int]:
     """Positions of the input columns that stay when results are appended: those no result is named after."""
     replaced = set(result_names)

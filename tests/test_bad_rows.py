@@ -149,7 +149,7 @@ def test_csv_mixing_utf8_and_cp1252_rows_is_refused_with_both_lines(osha, tiny_b
     rows = _rows(osha, 10)
     rows.loc[3, TEXT] = "Employee slipped near the café counter."
     rows.loc[6, TEXT] = "Employee was struck by a pallet — in the warehouse."
-    data = rows.to_csv(index=False).encode("utf-8").replace("—".encode("utf-8"), "—".encode("cp1252"))
+    data = rows.to_csv(index=False).encode("utf-8").replace("—".encode(), "—".encode("cp1252"))
     utf8_line, cp1252_line = (data[: data.index(marker)].count(b"\n") + 1 for marker in (b"caf", b"pallet"))
     src = tmp_path / "in.csv"
     src.write_bytes(data)
@@ -157,3 +157,61 @@ def test_csv_mixing_utf8_and_cp1252_rows_is_refused_with_both_lines(osha, tiny_b
     assert f"mixes encodings: line {utf8_line} is UTF-8" in text and f"line {cp1252_line} is not UTF-8" in text
     # choosing the encoding is the way out: every line read as cp1252
     assert inspect_input(src, encoding="cp1252").num_rows == 10
+
+
+# --- input columns named like result columns: refused up front, by every runner -----------------
+
+@pytest.mark.parametrize("column, fmt", [("confidence", "parquet"), ("Error", "delta"), ("RUN_ID", "parquet")])
+def test_cli_refuses_input_columns_named_like_results(osha, tiny_bundle, tmp_path, capsys, column, fmt):
+    """``confidence`` was silently replaced; with Delta output an input ``Error`` crashed after all the work."""
+    rows = _rows(osha)
+    rows[column] = "kept by the user"
+    src = tmp_path / "in.parquet"
+    rows.to_parquet(src, index=False)
+    text = _refused(src, tmp_path, tiny_bundle, capsys, "--output-format", fmt)
+    assert f"input column(s) {column!r} (result {column.lower()!r}) have the name of a result column" in text
+    assert "Rename or drop those columns first" in text
+
+
+def test_cli_checks_probability_columns_only_when_kept(osha, tiny_bundle, tmp_path, capsys):
+    rows = _rows(osha)
+    rows["division_probs"] = "x"
+    src = tmp_path / "in.parquet"
+    rows.to_parquet(src, index=False)
+    assert "'division_probs' (result 'division_probs')" in _refused(src, tmp_path, tiny_bundle, capsys,
+                                                                     "--keep-probabilities")
+
+
+def test_classify_dataset_refuses_result_names_before_running(osha, tiny_bundle, ray_local):
+    import ray.data
+
+    from soi_batch.errors import InputSchemaError
+    from soi_batch.ray_data import classify_dataset
+
+    rows = _rows(osha, 10)
+    rows["Needs_Review"] = False
+    ds = ray.data.from_pandas(rows)
+    with pytest.raises(InputSchemaError, match=r"Ray Dataset: input column\(s\) 'Needs_Review' \(result 'needs_review'\)"):
+        classify_dataset(ds, text_col=TEXT, model=tiny_bundle, run_id="r1")
+
+
+@pytest.mark.slow
+def test_classify_df_refuses_result_names_before_any_job(osha, tiny_bundle):
+    pytest.importorskip("pyspark")
+    from pyspark.sql import SparkSession
+
+    from soi_batch.errors import InputSchemaError
+    from soi_batch.spark import classify_df
+
+    active = SparkSession.getActiveSession()  # another test module's session is reused, not stopped
+    spark = active or (SparkSession.builder.master("local[1]").appName("soi-batch-result-names")
+                       .config("spark.ui.enabled", "false").getOrCreate())
+    try:
+        rows = _rows(osha, 10)
+        rows["source_code"] = "user's own code"
+        df = spark.createDataFrame(rows)
+        with pytest.raises(InputSchemaError, match=r"DataFrame: input column\(s\) 'source_code'"):
+            classify_df(df, text_col=TEXT, model=tiny_bundle)
+    finally:
+        if active is None:
+            spark.stop()

@@ -27,6 +27,7 @@ from soi_batch.tables import (
     OUTPUT_FORMATS,
     InputSpec,
     append_results,
+    check_result_names,
     find_damaged_file,
     inspect_input,
     read_table,
@@ -59,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
     spec = inspect_input(args.input, fmt=args.input_format, encoding=args.encoding)
     spec.require_text(args.text_col, role="text column")
     spec.require(args.id_col, role="id column")
+    check_result_names(spec.columns, result_names(args.keep_probabilities), source=spec.path)
     target = check_output(args.output, fmt=args.output_format, overwrite=args.overwrite, input_path=spec.path)
     out = target.path  # absolute; an existing output is replaced only once the new one is written
     bundle = load_bundle(args.model, args.cache_dir)  # validates (or builds) the bundle before Ray starts
@@ -95,6 +97,11 @@ def run(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - start
     print(summarize(out, args.output_format, elapsed))
     return 0
+
+
+def result_names(keep_probabilities: bool) -> list[str]:
+    """The columns a classify run appends."""
+    return [*RESULT_SCHEMA.names, *(PROBABILITIES_SCHEMA.names if keep_probabilities else [])]
 
 
 def damaged_input_error(spec: InputSpec) -> InputReadError | None:
