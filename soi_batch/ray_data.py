@@ -53,7 +53,8 @@ class RayOptions:
     """torch threads in each CPU actor (None: this machine's cores / actors)."""
     batch_size: int | None = None
     """Rows per map_batches call; the classifier splits them into engine batches. None: 512 on
-    CPU; on GPUs 8 engine batches, so that concurrent engine batches keep the GPU busy."""
+    CPU; on GPUs 8 engine batches, so that concurrent engine batches keep the GPU busy.  Blocks are
+    split to this many rows before the actors (a large Parquet row group is read as one block)."""
 
     def __post_init__(self) -> None:
         for name in ("num_actors", "torch_threads", "batch_size"):
@@ -138,6 +139,9 @@ def classify_dataset(ds: Any, *, text_col: str, model: str | Path | None = None,
              actors, gpus, options.cpus_per_actor, batch_size)
     from ray.data import ActorPoolStrategy
 
+    # Ray hands an actor whole blocks, and a Parquet row group (a whole file, from some writers) is
+    # one block: split them, so that an actor holds about one batch whatever the input's layout
+    ds = ds.repartition(target_num_rows_per_block=batch_size)
     return ds.map_batches(
         ClassifyBatch,
         fn_constructor_kwargs=dict(
