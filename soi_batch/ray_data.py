@@ -75,15 +75,22 @@ class ClassifyBatch:
     """Ray Data actor: one :class:`Classifier` per actor, Arrow batch in → Arrow batch out."""
 
     def __init__(self, model: str | None, config: ClassifierConfig, text_col: str, run_id: str,
-                 keep_probabilities: bool, torch_threads: int | None) -> None:
+                 keep_probabilities: bool, torch_threads: int | None, row_counter: Any = None) -> None:
         if torch_threads:
             set_torch_threads(torch_threads)  # this actor owns its process
         self.classifier = Classifier.load(model, config)
         self.text_col = text_col
         self.run_id = run_id
         self.keep_probabilities = keep_probabilities
+        self.row_counter = row_counter
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        out = self._classify(batch)
+        if self.row_counter is not None:
+            self.row_counter.add.remote(out.num_rows)  # fire and forget: progress only
+        return out
+
+    def _classify(self, batch: pa.Table) -> pa.Table:
         position = batch.column_names.index(self.text_col)
         texts, bad = invalid_utf8_rows(batch.column(position))
         if bad is None:
@@ -107,14 +114,16 @@ def _cluster_gpus() -> int:
 
 def classify_dataset(ds: Any, *, text_col: str, model: str | Path | None = None,
                      config: ClassifierConfig = ClassifierConfig(), run_id: str, keep_probabilities: bool = False,
-                     options: RayOptions = RayOptions(), cache_dir: Path | None = None) -> Any:
+                     options: RayOptions = RayOptions(), cache_dir: Path | None = None,
+                     row_counter: Any = None) -> Any:
     """``ds`` (a ``ray.data.Dataset``) with the result columns appended, lazily.
 
     ``model`` (a name, bundle directory or hub id) is resolved on the driver: a named model is built
     once into ``cache_dir`` and every actor loads the same directory.  Ray must already be initialised
     (``ray.init()``); this function does not start it.  The model bundle and ``text_col`` (present,
     string) are checked here, before the Dataset runs, and that no column is named like a result
-    column (case-insensitively; :func:`~soi_batch.tables.check_result_names`).
+    column (case-insensitively; :func:`~soi_batch.tables.check_result_names`).  ``row_counter``: an
+    actor from :func:`start_row_counter`, to which every classified batch adds its rows.
     """
     model_path = model_for_workers(model, cache_dir)  # BundleError now, not ActorDiedError from an actor later
     require_dataset_text(ds, text_col)
@@ -146,7 +155,7 @@ def classify_dataset(ds: Any, *, text_col: str, model: str | Path | None = None,
         ClassifyBatch,
         fn_constructor_kwargs=dict(
             model=model_path, config=config, text_col=text_col, run_id=run_id,
-            keep_probabilities=keep_probabilities,
+            keep_probabilities=keep_probabilities, row_counter=row_counter,
             torch_threads=None if gpus else (options.torch_threads or max(1, (os.cpu_count() or 1) // actors)),
         ),
         batch_format="pyarrow",
@@ -196,17 +205,41 @@ def write_dataset(ds: Any, path: str | Path, *, fmt: OutputFormat,
 
 
 def init_ray(address: str | None = None, *, num_cpus: int | None = None,
-             object_store_memory: int | None = None) -> None:
+             object_store_memory: int | None = None, quiet: bool = False) -> None:
     """Start local Ray (no dashboard) or connect to ``address``; a no-op when already running.
 
     ``num_cpus`` and ``object_store_memory`` (bytes) size a local Ray; a cluster keeps its own.
+    ``quiet``: Ray's own log lines on this console at ERROR only, and the workers' output (library
+    import warnings, weight-loading bars) not forwarded here; both stay in Ray's session log files.
     """
     import ray
 
     if ray.is_initialized():
         return
+    level = logging.ERROR if quiet else logging.WARNING
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=not quiet, logging_level=level)
     else:
         ray.init(num_cpus=os.cpu_count() if num_cpus is None else num_cpus, object_store_memory=object_store_memory,
-                 include_dashboard=False, log_to_driver=True, configure_logging=True, logging_level=logging.WARNING)
+                 include_dashboard=False, log_to_driver=not quiet, configure_logging=True, logging_level=level)
+
+
+class RowCounter:
+    """Rows classified so far, added by the classify actors: what a progress bar in rows shows."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+
+    def add(self, rows: int) -> None:
+        self.rows += rows
+
+    def count(self) -> int:
+        return self.rows
+
+
+def start_row_counter() -> Any:
+    """A :class:`RowCounter` Ray actor (no CPU reserved) to pass to :func:`classify_dataset` as ``row_counter``;
+    read it with ``ray.get(counter.count.remote())``."""
+    import ray
+
+    return ray.remote(num_cpus=0)(RowCounter).remote()

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pyarrow as pa
+from tqdm.auto import tqdm
 
 from soi_batch.bundle import load_bundle
 from soi_batch.checks import check_output
@@ -20,6 +25,7 @@ from soi_batch.commands.options import (
     add_input_options,
     add_model_options,
     add_ray_options,
+    quiet_ray_data_console,
 )
 from soi_batch.errors import ConfigError, InputReadError
 from soi_batch.schema import PROBABILITIES_SCHEMA, RESULT_SCHEMA
@@ -51,11 +57,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-probabilities", action="store_true",
                    help="also write division_probs and major_group_probs (needed by `soi-batch trends`)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing Parquet output / Delta table")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="a progress bar in rows on stderr (default: when stderr is a terminal)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from soi_batch.ray_data import RayOptions, classify_dataset, init_ray, read_dataset, write_dataset
+    from soi_batch.ray_data import (
+        RayOptions,
+        classify_dataset,
+        init_ray,
+        read_dataset,
+        start_row_counter,
+        write_dataset,
+    )
 
     spec = inspect_input(args.input, fmt=args.input_format, encoding=args.encoding)
     spec.require_text(args.text_col, role="text column")
@@ -78,17 +93,23 @@ def run(args: argparse.Namespace) -> int:
     config = ClassifierConfig(engine=args.engine, batch_size=args.batch_size, top_k=args.top_k, beam=args.beam,
                               engine_options=engine_options)
     run_id = uuid.uuid4().hex
-    init_ray(args.ray_address)
+    verbose = bool(getattr(args, "verbose", False))
+    init_ray(args.ray_address, quiet=not verbose)
+    quiet_ray_data_console(verbose)
+    counter = start_row_counter()
     ds = read_dataset(spec)
     ds = classify_dataset(ds, text_col=args.text_col, model=bundle.path, config=config, run_id=run_id,
                           keep_probabilities=args.keep_probabilities,
-                          options=RayOptions(num_actors=args.num_actors, cpus_per_actor=args.cpus_per_actor))
+                          options=RayOptions(num_actors=args.num_actors, cpus_per_actor=args.cpus_per_actor),
+                          row_counter=counter)
+    ds.context.enable_progress_bars = verbose  # Ray's per-stage bars; ours counts rows
     log.info("run %s: %s (%s) → %s (%s) with %s", run_id, spec.path, spec.format, out, args.output_format,
              bundle.model_id)
     start = time.perf_counter()
     try:
         with target.write() as (path, mode):
-            write_dataset(ds, path, fmt=args.output_format, mode=mode)
+            with_row_progress(lambda: write_dataset(ds, path, fmt=args.output_format, mode=mode), counter,
+                              total=spec.num_rows, enabled=args.progress)
     except Exception as exc:
         damaged = damaged_input_error(spec)
         if damaged is None:
@@ -97,6 +118,26 @@ def run(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - start
     print(summarize(out, args.output_format, elapsed))
     return 0
+
+
+def with_row_progress(work: Callable[[], None], counter: Any, *, total: int | None, enabled: bool | None) -> None:
+    """Run ``work`` (which classifies) with a tqdm bar on stderr fed by the actors' :class:`RowCounter`:
+    rows done / total, rows/s, ETA.  ``enabled`` None: only when stderr is a terminal."""
+    import ray
+
+    with ThreadPoolExecutor(max_workers=1) as pool, tqdm(total=total, unit="rows", desc="classified",
+                                                           disable=None if enabled is None else not enabled,
+                                                           dynamic_ncols=True, file=sys.stderr) as bar:
+        done = pool.submit(work)
+        while True:
+            try:
+                done.result(timeout=0.5)
+                break
+            except FuturesTimeout:
+                pass
+            finally:
+                if not bar.disable:
+                    bar.update(ray.get(counter.count.remote()) - bar.n)
 
 
 def result_names(keep_probabilities: bool) -> list[str]:
