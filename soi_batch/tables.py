@@ -9,7 +9,8 @@ and Ray Data reads it with the options given here (:mod:`soi_batch.ray_data`).  
 read as strings, so codes and ids keep their leading digits.
 
 :func:`append_results` is the one rule for adding result columns to input rows: results go
-last, and an input column with a result's name is replaced.
+last, and an input column with a result's name is replaced; the runners refuse such inputs up
+front (:func:`check_result_names`), so that happens only on purpose.
 """
 
 from __future__ import annotations
