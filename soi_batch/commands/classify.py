@@ -96,20 +96,21 @@ def run(args: argparse.Namespace) -> int:
     verbose = bool(getattr(args, "verbose", False))
     init_ray(args.ray_address, quiet=not verbose)
     quiet_ray_data_console(verbose)
-    counter = start_row_counter()
+    show_progress = sys.stderr.isatty() if args.progress is None else args.progress
+    counter = start_row_counter() if show_progress else None
     ds = read_dataset(spec)
     ds = classify_dataset(ds, text_col=args.text_col, model=bundle.path, config=config, run_id=run_id,
                           keep_probabilities=args.keep_probabilities,
                           options=RayOptions(num_actors=args.num_actors, cpus_per_actor=args.cpus_per_actor),
                           row_counter=counter)
-    ds.context.enable_progress_bars = verbose  # Ray's per-stage bars; ours counts rows
+    ray_data_context().enable_progress_bars = verbose  # Ray's per-stage bars (this process is the CLI's)
     log.info("run %s: %s (%s) → %s (%s) with %s", run_id, spec.path, spec.format, out, args.output_format,
              bundle.model_id)
     start = time.perf_counter()
     try:
         with target.write() as (path, mode):
             with_row_progress(lambda: write_dataset(ds, path, fmt=args.output_format, mode=mode), counter,
-                              total=spec.num_rows, enabled=args.progress)
+                              total=spec.num_rows)
     except Exception as exc:
         damaged = damaged_input_error(spec)
         if damaged is None:
@@ -120,13 +121,23 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def with_row_progress(work: Callable[[], None], counter: Any, *, total: int | None, enabled: bool | None) -> None:
-    """Run ``work`` (which classifies) with a tqdm bar on stderr fed by the actors' :class:`RowCounter`:
-    rows done / total, rows/s, ETA.  ``enabled`` None: only when stderr is a terminal."""
+def ray_data_context() -> Any:
+    """Ray Data's context of this process (the CLI's own)."""
+    from ray.data import DataContext
+
+    return DataContext.get_current()
+
+
+def with_row_progress(work: Callable[[], None], counter: Any, *, total: int | None) -> None:
+    """Run ``work`` (which classifies) with a tqdm bar on stderr fed by the actors' row counter
+    (:func:`~soi_batch.ray_data.start_row_counter`): rows done / total, rows/s, ETA.  ``counter``
+    None: no bar, ``work`` runs as it is."""
+    if counter is None:
+        work()
+        return
     import ray
 
     with ThreadPoolExecutor(max_workers=1) as pool, tqdm(total=total, unit="rows", desc="classified",
-                                                           disable=None if enabled is None else not enabled,
                                                            dynamic_ncols=True, file=sys.stderr) as bar:
         done = pool.submit(work)
         while True:
@@ -136,8 +147,7 @@ def with_row_progress(work: Callable[[], None], counter: Any, *, total: int | No
             except FuturesTimeout:
                 pass
             finally:
-                if not bar.disable:
-                    bar.update(ray.get(counter.count.remote()) - bar.n)
+                bar.update(ray.get(counter.count.remote()) - bar.n)
 
 
 def result_names(keep_probabilities: bool) -> list[str]:
