@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FuturesTimeout
 from pathlib import Path
 from typing import Any, Literal
 
@@ -137,17 +136,24 @@ def with_row_progress(work: Callable[[], None], counter: Any, *, total: int | No
         return
     import ray
 
-    with ThreadPoolExecutor(max_workers=1) as pool, tqdm(total=total, unit="rows", desc="classified",
-                                                           dynamic_ncols=True, file=sys.stderr) as bar:
-        done = pool.submit(work)
-        while True:
-            try:
-                done.result(timeout=0.5)
-                break
-            except FuturesTimeout:
-                pass
-            finally:
-                bar.update(ray.get(counter.count.remote()) - bar.n)
+    def rows_done() -> int:
+        return int(ray.get(counter.count.remote()))
+
+    stop = threading.Event()
+    with tqdm(total=total, unit="rows", desc="classified", dynamic_ncols=True, file=sys.stderr) as bar:
+
+        def follow() -> None:  # a daemon thread: work() keeps the main thread, so Ctrl-C stops the run
+            while not stop.wait(0.5):
+                bar.update(rows_done() - bar.n)
+
+        thread = threading.Thread(target=follow, name="soi-progress", daemon=True)
+        thread.start()
+        try:
+            work()
+        finally:
+            stop.set()
+            thread.join(timeout=5)
+        bar.update(rows_done() - bar.n)
 
 
 def result_names(keep_probabilities: bool) -> list[str]:
