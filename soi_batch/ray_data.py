@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from soi_batch.checks import model_for_workers, require_dataset_text
 from soi_batch.classifier import Classifier, ClassifierConfig
@@ -26,15 +25,14 @@ from soi_batch.engines.threads import set_torch_threads
 from soi_batch.errors import ConfigError
 from soi_batch.schema import PROBABILITIES_SCHEMA, RESULT_SCHEMA
 from soi_batch.tables import (
-    INVALID_UTF8_ERROR,
     OUTPUT_FORMATS,
     InputSpec,
     OutputFormat,
     absolute_uri,
     arrow_reads_directly,
     check_result_names,
+    classify_valid_utf8,
     csv_options,
-    invalid_utf8_rows,
     read_table,
 )
 
@@ -85,25 +83,14 @@ class ClassifyBatch:
         self.row_counter = row_counter
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        out = self._classify(batch)
+        out = classify_valid_utf8(batch, self.text_col, self._classify)
         if self.row_counter is not None:
             self.row_counter.add.remote(out.num_rows)  # fire and forget: progress only
         return out
 
     def _classify(self, batch: pa.Table) -> pa.Table:
-        position = batch.column_names.index(self.text_col)
-        texts, bad = invalid_utf8_rows(batch.column(position))
-        if bad is None:
-            return self.classifier.classify_table(batch, text_col=self.text_col, run_id=self.run_id,
-                                                  keep_probabilities=self.keep_probabilities)
-        # a row whose text is not UTF-8 is classified as a null text, then gets its own error
-        blanked = batch.set_column(position, self.text_col, pc.if_else(bad, pa.scalar(None, texts.type), texts))
-        out = self.classifier.classify_table(blanked, text_col=self.text_col, run_id=self.run_id,
-                                             keep_probabilities=self.keep_probabilities)
-        out = out.set_column(position, self.text_col, texts)
-        where = out.column_names.index("error")
-        return out.set_column(where, out.schema.field(where),
-                              pc.if_else(bad, pa.scalar(INVALID_UTF8_ERROR, pa.string()), out.column(where)))
+        return self.classifier.classify_table(batch, text_col=self.text_col, run_id=self.run_id,
+                                              keep_probabilities=self.keep_probabilities)
 
 
 def _cluster_gpus() -> int:

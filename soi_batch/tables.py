@@ -21,7 +21,7 @@ import gzip
 import io
 import lzma
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -501,6 +501,25 @@ def invalid_utf8_rows(column: pa.Array | pa.ChunkedArray) -> tuple[pa.ChunkedArr
             repaired.append(value.decode("utf-8", errors="replace"))
             bad.append(True)
     return pa.chunked_array([pa.array(repaired, chunked.type)]), pa.chunked_array([pa.array(bad, pa.bool_())])
+
+
+def classify_valid_utf8(batch: pa.Table, text_col: str, classify: Callable[[pa.Table], pa.Table], *,
+                        error_col: str = "error") -> pa.Table:
+    """``classify(batch)`` (which appends result columns), with per-row errors for texts that are not UTF-8.
+
+    Such a text is passed to ``classify`` as null, and its row gets :data:`INVALID_UTF8_ERROR` in
+    ``error_col``; the text column of the result shows it with U+FFFD in place of the bad bytes, so
+    every writer can store it.  A batch of valid texts goes to ``classify`` as it is.
+    """
+    position = batch.column_names.index(text_col)
+    texts, bad = invalid_utf8_rows(batch.column(position))
+    if bad is None:
+        return classify(batch)
+    blanked = batch.set_column(position, text_col, pc.if_else(bad, pa.scalar(None, texts.type), texts))
+    out = classify(blanked).set_column(position, text_col, texts)
+    where = out.column_names.index(error_col)
+    return out.set_column(where, out.schema.field(where),
+                          pc.if_else(bad, pa.scalar(INVALID_UTF8_ERROR, pa.string()), out.column(where)))
 
 
 def find_damaged_file(spec: InputSpec) -> tuple[str, str] | None:
