@@ -89,7 +89,7 @@ class OutputTarget:
         """Yield where to write and the mode to write in; locally, nothing existing is deleted before the new
         result is written.
 
-        A new output is written in place; ``append`` adds to an existing one.  An existing Delta table
+        A new output is written in place, and removed if the write fails; ``append`` adds to an existing one.  An existing Delta table
         overwritten gets a new version written in mode ``overwrite``: the old files stay, referenced by
         the older versions, until ``vacuum()``.  Any other earlier local output is replaced only once the
         new one is complete: it is written next to it (``.NAME.soi-new-*``), then the two are swapped by
@@ -98,7 +98,11 @@ class OutputTarget:
         files deleted, then the new ones written).
         """
         if not self.replace:
-            yield self.path, "append"
+            try:
+                yield self.path, "append"
+            except BaseException:
+                _remove(self.path)  # a new output that failed: nothing half-written may block the re-run
+                raise
             return
         if self.delta_in_place or self.remote:
             yield self.path, "overwrite"

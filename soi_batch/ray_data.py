@@ -26,6 +26,7 @@ from soi_batch.checks import model_for_workers, require_dataset_text
 from soi_batch.classifier import Classifier, ClassifierConfig
 from soi_batch.engines.threads import set_torch_threads
 from soi_batch.errors import ConfigError
+from soi_batch.schema import PROBABILITIES_SCHEMA, RESULT_SCHEMA
 from soi_batch.storage import (
     StorageOptions,
     absolute_location,
@@ -41,6 +42,8 @@ from soi_batch.tables import (
     WriteMode,
     append_results,
     arrow_reads_directly,
+    check_result_names,
+    classify_valid_utf8,
     csv_options,
     read_table,
 )
@@ -64,7 +67,8 @@ class RayOptions:
     """torch threads in each CPU actor (None: this machine's cores / actors)."""
     batch_size: int | None = None
     """Rows per map_batches call; the classifier splits them into engine batches. None: 512 on
-    CPU; on GPUs 8 engine batches, so that concurrent engine batches keep the GPU busy."""
+    CPU; on GPUs 8 engine batches, so that concurrent engine batches keep the GPU busy.  Blocks are
+    split to this many rows before the actors (a large Parquet row group is read as one block)."""
     concurrency: int | tuple[int, int] | None = None
     """Actors: ``n`` for a fixed pool of n, ``(m, n)`` for an autoscaling pool between m and n
     (``1 <= m <= n``), None for the default of ``num_actors``.  Set this or ``num_actors``, not both."""
@@ -112,7 +116,8 @@ class ClassifyBatch:
     """Ray Data actor: one :class:`Classifier` per actor, Arrow batch in → Arrow batch out."""
 
     def __init__(self, model: str | None, config: ClassifierConfig, text_col: str, run_id: str,
-                 keep_probabilities: bool, torch_threads: int | None, column_prefix: str = "") -> None:
+                 keep_probabilities: bool, torch_threads: int | None, column_prefix: str = "",
+                 row_counter: Any = None) -> None:
         if torch_threads:
             set_torch_threads(torch_threads)  # this actor owns its process
         self.classifier = Classifier.load(model, config)
@@ -120,8 +125,15 @@ class ClassifyBatch:
         self.run_id = run_id
         self.keep_probabilities = keep_probabilities
         self.column_prefix = column_prefix
+        self.row_counter = row_counter
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        out = classify_valid_utf8(batch, self.text_col, self._classify, error_col=self.column_prefix + "error")
+        if self.row_counter is not None:
+            self.row_counter.add.remote(out.num_rows)  # fire and forget: progress only
+        return out
+
+    def _classify(self, batch: pa.Table) -> pa.Table:
         if not self.column_prefix:
             return self.classifier.classify_table(batch, text_col=self.text_col, run_id=self.run_id,
                                                   keep_probabilities=self.keep_probabilities)
@@ -152,19 +164,22 @@ def _check_accelerator(accelerator_type: str) -> None:
 def classify_dataset(ds: Any, *, text_col: str, model: str | Path | None = None,
                      config: ClassifierConfig | None = None, run_id: str | None = None,
                      keep_probabilities: bool = False, options: RayOptions | None = None,
-                     cache_dir: Path | None = None, column_prefix: str = "") -> Any:
+                     cache_dir: Path | None = None, column_prefix: str = "",
+                     row_counter: Any = None) -> Any:
     """``ds`` (a ``ray.data.Dataset``) with the result columns appended, lazily.
 
     ``model`` (a name, bundle directory or hub id) is resolved on the driver: a named model is built
     once into ``cache_dir`` and every actor loads the same directory.  Ray must already be initialised
     (``ray.init()``); this function does not start it.  The model bundle, ``text_col`` (present,
-    string), the settings against the actors' device and ``options.accelerator_type`` against the
-    cluster are checked here, before the Dataset runs.
+    string), that no column is named like a result column (case-insensitively, prefix included;
+    :func:`~soi_batch.tables.check_result_names`), the settings against the actors' device and
+    ``options.accelerator_type`` against the cluster are checked here, before the Dataset runs.
 
     ``run_id``: stored in every row's ``run_id`` column (None: a new uuid4 hex, logged).
     ``column_prefix``: put before every result column's name (e.g. ``"soi_"`` gives
-    ``soi_source_code``); an input column with a resulting name is replaced.
+    ``soi_source_code``), so that input columns named like result columns can be kept.
     ``options``: the actor pool (:class:`RayOptions`: ``concurrency``, ``accelerator_type``, …).
+    ``row_counter``: an actor from :func:`start_row_counter`, to which every classified batch adds its rows.
     """
     config = ClassifierConfig() if config is None else config
     options = RayOptions() if options is None else options
@@ -174,6 +189,10 @@ def classify_dataset(ds: Any, *, text_col: str, model: str | Path | None = None,
         raise ConfigError(f"run_id must be a non-empty string, or None to generate one; got {run_id!r}")
     model_path = model_for_workers(model, cache_dir)  # BundleError now, not ActorDiedError from an actor later
     require_dataset_text(ds, text_col)
+    schema = ds.schema()
+    if schema is not None:
+        results = [*RESULT_SCHEMA.names, *(PROBABILITIES_SCHEMA.names if keep_probabilities else [])]
+        check_result_names(schema.names, [column_prefix + name for name in results], source="Ray Dataset")
     if options.accelerator_type is not None:
         _check_accelerator(options.accelerator_type)
     gpus = options.gpus_per_actor
@@ -201,6 +220,9 @@ def classify_dataset(ds: Any, *, text_col: str, model: str | Path | None = None,
              f" ({options.accelerator_type})" if options.accelerator_type else "", options.cpus_per_actor, batch_size)
     from ray.data import ActorPoolStrategy
 
+    # Ray hands an actor whole blocks, and a Parquet row group (a whole file, from some writers) is
+    # one block: split them, so that an actor holds about one batch whatever the input's layout
+    ds = ds.repartition(target_num_rows_per_block=batch_size)
     compute = (ActorPoolStrategy(min_size=pool[0], max_size=pool[1]) if isinstance(pool, tuple)
                else ActorPoolStrategy(size=pool))
     return ds.map_batches(
@@ -208,6 +230,7 @@ def classify_dataset(ds: Any, *, text_col: str, model: str | Path | None = None,
         fn_constructor_kwargs={
             "model": model_path, "config": config, "text_col": text_col, "run_id": run_id,
             "keep_probabilities": keep_probabilities, "column_prefix": column_prefix,
+            "row_counter": row_counter,
             "torch_threads": None if gpus else (options.torch_threads or max(1, (os.cpu_count() or 1) // most)),
         },
         batch_format="pyarrow",
@@ -285,20 +308,23 @@ def write_dataset(ds: Any, path: str | Path, *, fmt: OutputFormat, mode: WriteMo
 
 
 def init_ray(address: str | None = None, *, num_cpus: int | None = None,
-             object_store_memory: int | None = None) -> None:
+             object_store_memory: int | None = None, quiet: bool = False) -> None:
     """Start local Ray (no dashboard) or connect to ``address``; a no-op when already running.
 
     ``num_cpus`` and ``object_store_memory`` (bytes) size a local Ray; a cluster keeps its own.
     No cluster at ``address`` (e.g. ``"auto"`` with none running) is a :class:`ConfigError`
     naming the address and the fix.
+    ``quiet``: Ray's own log lines on this console at ERROR only, and the workers' output (library
+    import warnings, weight-loading bars) not forwarded here; both stay in Ray's session log files.
     """
     import ray
 
     if ray.is_initialized():
         return
+    level = logging.ERROR if quiet else logging.WARNING
     if address:
         try:
-            ray.init(address=address, log_to_driver=True)
+            ray.init(address=address, log_to_driver=not quiet, logging_level=level)
         except ConnectionError as exc:
             raise ConfigError(
                 f"cannot connect to the Ray cluster at address {address!r} ({str(exc).splitlines()[0]}): start one "
@@ -306,4 +332,25 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None,
                 f"RAY_ADDRESS, e.g. ray://head:10001), or leave the address unset to start a local Ray") from None
     else:
         ray.init(num_cpus=os.cpu_count() if num_cpus is None else num_cpus, object_store_memory=object_store_memory,
-                 include_dashboard=False, log_to_driver=True, configure_logging=True, logging_level=logging.WARNING)
+                 include_dashboard=False, log_to_driver=not quiet, configure_logging=True, logging_level=level)
+
+
+class RowCounter:
+    """Rows classified so far, added by the classify actors: what a progress bar in rows shows."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+
+    def add(self, rows: int) -> None:
+        self.rows += rows
+
+    def count(self) -> int:
+        return self.rows
+
+
+def start_row_counter() -> Any:
+    """A :class:`RowCounter` Ray actor (no CPU reserved) to pass to :func:`classify_dataset` as ``row_counter``;
+    read it with ``ray.get(counter.count.remote())``."""
+    import ray
+
+    return ray.remote(num_cpus=0)(RowCounter).remote()

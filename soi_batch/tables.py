@@ -12,7 +12,8 @@ Every location may be a local path or a URI (``s3://…``, ``gs://…``, ``abfs:
 with storage options (:mod:`soi_batch.storage`); a URI is kept as a string, never made a Path.
 
 :func:`append_results` is the one rule for adding result columns to input rows: results go
-last, and an input column with a result's name is replaced.
+last, and an input column with a result's name is replaced; the runners refuse such inputs up
+front (:func:`check_result_names`), so that happens only on purpose.
 """
 
 from __future__ import annotations
@@ -22,12 +23,14 @@ import csv
 import gzip
 import io
 import lzma
-from collections.abc import Iterator, Mapping, Sequence
+import zlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
@@ -179,16 +182,50 @@ def arrow_reads_directly(spec: InputSpec) -> bool:
 
 
 def sniff_encoding(path: str | Path, storage_options: StorageOptions | None = None) -> str:
-    """``"utf-8"`` if the whole file decodes as UTF-8, else ``"cp1252"`` (OSHA's encoding)."""
+    """``"utf-8"`` if the whole file decodes as UTF-8, else ``"cp1252"`` (OSHA's encoding).
+
+    A file that mixes both (some lines valid UTF-8 with non-ASCII characters, others not UTF-8) is
+    refused with the first line of each kind: read as cp1252 its UTF-8 lines would be garbled
+    silently (``é`` → ``Ã©``), read as UTF-8 the others would fail.  Pass ``--encoding`` to choose.
+    A file that starts like UTF-16 (a byte-order mark, or NUL bytes) is refused with that hint.
+    """
     decoder = codecs.getincrementaldecoder("utf-8")()
+    first = True
     try:
         with _open_bytes(path, storage_options) as fh:
             while chunk := fh.read(1 << 22):
+                if first and (chunk.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or b"\x00" in chunk[:4096]):
+                    raise InputReadError(
+                        f"{path}: looks like UTF-16 (a byte-order mark or NUL bytes at the start); save it as "
+                        "UTF-8, or pass --encoding utf-16"
+                    )
+                first = False
                 decoder.decode(chunk)
             decoder.decode(b"", final=True)
     except UnicodeDecodeError:
+        _refuse_mixed_encodings(path, storage_options)
         return "cp1252"
     return "utf-8"
+
+
+def _refuse_mixed_encodings(path: str | Path, storage_options: StorageOptions | None = None) -> None:
+    """Raise :class:`InputReadError` if some lines are UTF-8 with non-ASCII characters and others are not UTF-8."""
+    utf8_line = other_line = None
+    with _open_bytes(path, storage_options) as fh:
+        for number, line in enumerate(fh, start=1):
+            if line.isascii():
+                continue
+            try:
+                line.decode("utf-8")
+                utf8_line = utf8_line or number
+            except UnicodeDecodeError:
+                other_line = other_line or number
+            if utf8_line and other_line:
+                raise InputReadError(
+                    f"{path}: mixes encodings: line {utf8_line} is UTF-8 with non-ASCII characters, line "
+                    f"{other_line} is not UTF-8 (cp1252?); read as one encoding, the other lines would be "
+                    "garbled. Save the file in one encoding, or pass --encoding to choose one for every line"
+                )
 
 
 _CSV_FIELD_LIMIT = 2**31 - 1
@@ -217,6 +254,7 @@ def _scan_csv(path: str | Path, encoding: str, storage_options: StorageOptions |
                     pass
                 elif header is None:
                     header = [record[0].removeprefix("\ufeff"), *record[1:]]  # Arrow drops a UTF-8 BOM too
+                    _check_header(path, header)
                 elif len(record) != len(header):
                     raise InputReadError(
                         f"{path}: malformed CSV near line {start}: Expected {len(header)} columns, got "
@@ -225,6 +263,13 @@ def _scan_csv(path: str | Path, encoding: str, storage_options: StorageOptions |
                     )
                 else:
                     rows += 1
+                    longest = max(len(value) for value in record)
+                    if longest > MAX_CSV_FIELD_CHARS:
+                        raise InputReadError(
+                            f"{path}: the record that starts on line {start} has a field of {longest:,} characters; "
+                            f"fields longer than {MAX_CSV_FIELD_CHARS:,} characters are not read (a narrative is cut "
+                            "to the prompt's limit anyway). Shorten that field, or drop the row"
+                        )
                 start = reader.line_num + 1
     except csv.Error as exc:
         raise InputReadError(
@@ -238,6 +283,47 @@ def _scan_csv(path: str | Path, encoding: str, storage_options: StorageOptions |
     if header is None:
         raise InputReadError(f"{path}: cannot read as csv: Empty CSV file: no header line")
     return header, rows
+
+
+MAX_CSV_FIELD_CHARS = 4 << 20
+"""The longest CSV field read (characters): Arrow's reader needs a whole record in one block
+(:func:`csv_options` sets 16 MiB blocks), so a longer field is refused before any work."""
+
+
+def _check_header(path: str | Path, header: list[str]) -> None:
+    """Refuse a CSV header with repeated names, or one name holding tabs or semicolons (another delimiter)."""
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise InputReadError(f"{path}: the header names {repeated} more than once; rename the repeated columns")
+    if len(header) == 1 and ("\t" in header[0] or ";" in header[0]):
+        delimiter = "tabs" if "\t" in header[0] else "semicolons"
+        raise InputReadError(
+            f"{path}: the header is one column {header[0][:60]!r} holding {delimiter}; this reader expects "
+            "comma-separated values. Export the file as CSV with commas (or as Parquet)"
+        )
+
+
+def _delta_num_rows(table: object) -> int | None:
+    """Rows of a Delta table from its log's file statistics (0 for a table without files), or None if unknown."""
+    actions = pa.table(table.get_add_actions(flatten=True))  # type: ignore[attr-defined]
+    if actions.num_rows == 0:
+        return 0
+    counts = actions.column("num_records")
+    return None if counts.null_count else int(pc.sum(counts).as_py())
+
+
+def _check_parquet_schemas(path: str, dataset: pq.ParquetDataset) -> None:
+    """Refuse a Parquet directory whose files give a column different types (Ray fails on it mid-run)."""
+    first = dataset.fragments[0].path if dataset.fragments else None
+    for fragment in dataset.fragments[1:]:
+        schema = fragment.physical_schema
+        for name in schema.names:
+            if name in dataset.schema.names and not schema.field(name).type.equals(dataset.schema.field(name).type):
+                raise InputSchemaError(
+                    f"{path}: column {name!r} has type {dataset.schema.field(name).type} in {first} but "
+                    f"{schema.field(name).type} in {fragment.path}; write every file with the same types "
+                    "(cast the column), or classify the files separately"
+                )
 
 
 def inspect_input(path: str | Path, *, fmt: InputFormat | None = None, encoding: str | None = None,
@@ -263,15 +349,22 @@ def inspect_input(path: str | Path, *, fmt: InputFormat | None = None, encoding:
         if fmt == "delta":
             from deltalake import DeltaTable
 
-            schema = pa.schema(DeltaTable(where, storage_options=delta_storage_options(where, options)).schema().to_arrow())
-            return InputSpec(where, "delta", list(schema.names), schema=schema, storage_options=options)
+            table = DeltaTable(where, storage_options=delta_storage_options(where, options))
+            schema = pa.schema(table.schema().to_arrow())
+            return InputSpec(where, "delta", list(schema.names), schema=schema, num_rows=_delta_num_rows(table),
+                             storage_options=options)
         fs, fs_path = arrow_filesystem(where, options)
         dataset = pq.ParquetDataset(fs_path, filesystem=fs)
+        _check_parquet_schemas(str(path), dataset)
         num_rows = sum(fragment.metadata.num_rows for fragment in dataset.fragments)
         return InputSpec(where, "parquet", list(dataset.schema.names), schema=dataset.schema, num_rows=num_rows,
                          storage_options=options)
+    except (EOFError, lzma.LZMAError, gzip.BadGzipFile, zlib.error) as exc:
+        raise InputReadError(
+            f"{path}: the compressed file is truncated or damaged ({exc}); download or compress it again"
+        ) from exc
     except (pa.ArrowException, OSError, ValueError) as exc:
-        if isinstance(exc, InputReadError):
+        if isinstance(exc, (InputReadError, InputSchemaError)):
             raise
         raise InputReadError(f"{path}: cannot read as {fmt}: {_one_line(exc)}") from exc
 
@@ -431,6 +524,26 @@ def write_table(table: pa.Table, path: str | Path, *, fmt: OutputFormat, mode: W
         raise ConfigError(f"output format {fmt!r} is not one of {list(OUTPUT_FORMATS)}")
 
 
+def check_result_names(columns: Sequence[str], result_names: Sequence[str], *, source: str) -> None:
+    """Refuse input ``columns`` named like a result column, compared case-insensitively, before any work.
+
+    :func:`append_results` would replace such a column silently (a user's ``error`` or
+    ``confidence`` lost), and Delta tables and Spark compare names case-insensitively, so an input
+    ``Error`` next to the result ``error`` fails the Delta write after every row was classified.
+    Every runner calls this in its up-front checks.  Raises :class:`InputSchemaError` naming the
+    clashing columns and the fix.
+    """
+    reserved = {name.lower(): name for name in result_names}
+    clashes = [name for name in columns if name.lower() in reserved]
+    if clashes:
+        pairs = ", ".join(f"{name!r} (result {reserved[name.lower()]!r})" for name in clashes)
+        raise InputSchemaError(
+            f"{source}: input column(s) {pairs} have the name of a result column (names compared "
+            "case-insensitively, as Delta and Spark do); the results would replace or clash with them. "
+            "Rename or drop those columns first (an earlier run's output: keep only its input columns)"
+        )
+
+
 def kept_columns(names: Sequence[str], result_names: Sequence[str]) -> list[int]:
     """Positions of the input columns that stay when results are appended: those no result is named after."""
     replaced = set(result_names)
@@ -453,3 +566,70 @@ def append_results(table: pa.Table, results: pa.Table | Mapping[str, pa.Array | 
     for result_field, column in new:
         out = out.append_column(result_field, column)
     return out
+
+
+INVALID_UTF8_ERROR = "text is not valid UTF-8 (shown with U+FFFD in place of the bad bytes); fix the input's encoding"
+"""The ``error`` of a row whose narrative holds bytes that are not UTF-8 (Parquet and Delta do not check)."""
+
+
+def invalid_utf8_rows(column: pa.Array | pa.ChunkedArray) -> tuple[pa.ChunkedArray, pa.ChunkedArray | None]:
+    """``column`` with invalid UTF-8 values repaired (bad bytes → U+FFFD), and a mask of those rows.
+
+    Parquet and Delta store strings without checking their encoding, so one bad value would fail the
+    whole batch where Python decodes it.  The mask is None when every value is valid (the usual
+    case, checked in Arrow without decoding).
+    """
+    chunked = column if isinstance(column, pa.ChunkedArray) else pa.chunked_array([column])
+    try:
+        chunked.validate(full=True)
+        return chunked, None
+    except pa.ArrowInvalid:
+        pass
+    raw = chunked.cast(pa.large_binary() if pa.types.is_large_string(chunked.type) else pa.binary()).to_pylist()
+    bad, repaired = [], []
+    for value in raw:
+        try:
+            repaired.append(None if value is None else value.decode("utf-8"))
+            bad.append(False)
+        except UnicodeDecodeError:
+            repaired.append(value.decode("utf-8", errors="replace"))
+            bad.append(True)
+    return pa.chunked_array([pa.array(repaired, chunked.type)]), pa.chunked_array([pa.array(bad, pa.bool_())])
+
+
+def classify_valid_utf8(batch: pa.Table, text_col: str, classify: Callable[[pa.Table], pa.Table], *,
+                        error_col: str = "error") -> pa.Table:
+    """``classify(batch)`` (which appends result columns), with per-row errors for texts that are not UTF-8.
+
+    Such a text is passed to ``classify`` as null, and its row gets :data:`INVALID_UTF8_ERROR` in
+    ``error_col``; the text column of the result shows it with U+FFFD in place of the bad bytes, so
+    every writer can store it.  A batch of valid texts goes to ``classify`` as it is.
+    """
+    position = batch.column_names.index(text_col)
+    texts, bad = invalid_utf8_rows(batch.column(position))
+    if bad is None:
+        return classify(batch)
+    blanked = batch.set_column(position, text_col, pc.if_else(bad, pa.scalar(None, texts.type), texts))
+    out = classify(blanked).set_column(position, text_col, texts)
+    where = out.column_names.index(error_col)
+    return out.set_column(where, out.schema.field(where),
+                          pc.if_else(bad, pa.scalar(INVALID_UTF8_ERROR, pa.string()), out.column(where)))
+
+
+def find_damaged_file(spec: InputSpec) -> tuple[str, str] | None:
+    """The first data file of a Parquet or Delta input that cannot be read to the end, and why; else None.
+
+    The up-front check reads only Parquet footers; a corrupt data page shows only when the rows are
+    read.  Called after a run failed, to tell a damaged input from any other failure (it reads the
+    files batch by batch, every column).
+    """
+    if spec.format == "csv":
+        return None
+    snapshot = InputSnapshot.open(spec)
+    for fragment, path in zip(snapshot._fragments, snapshot.files):
+        try:
+            for _ in fragment.to_batches(use_threads=False, batch_size=65536, fragment_scan_options=_NO_PREBUFFER):
+                pass
+        except (pa.ArrowException, OSError) as exc:
+            return path, str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    return None

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
+import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
+from typing import Any
 
 import pyarrow as pa
+from tqdm.auto import tqdm
 
 from soi_batch.bundle import load_bundle
 from soi_batch.checks import check_output
@@ -20,14 +25,17 @@ from soi_batch.commands.options import (
     add_output_options,
     add_ray_options,
     add_storage_options,
+    quiet_ray_data_console,
 )
-from soi_batch.errors import ConfigError
+from soi_batch.errors import ConfigError, InputReadError
 from soi_batch.schema import PROBABILITIES_SCHEMA, RESULT_SCHEMA
 from soi_batch.storage import StorageOptions, arrow_filesystem, join, parse_storage_options
 from soi_batch.tables import (
     InputSpec,
     WriteMode,
     append_results,
+    check_result_names,
+    find_damaged_file,
     inspect_input,
     read_table,
     write_table,
@@ -50,17 +58,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_ray_options(p)
     p.add_argument("--keep-probabilities", action="store_true",
                    help="also write division_probs and major_group_probs (needed by `soi-batch trends`)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="a progress bar in rows on stderr (default: when stderr is a terminal)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from soi_batch.ray_data import RayOptions, classify_dataset, init_ray, read_dataset, write_dataset
+    from soi_batch.ray_data import (
+        RayOptions,
+        classify_dataset,
+        init_ray,
+        read_dataset,
+        start_row_counter,
+        write_dataset,
+    )
 
     storage = parse_storage_options(args.storage_options)
     spec = inspect_input(args.input, fmt=args.input_format, encoding=args.encoding, storage_options=storage)
     spec.require_text(args.text_col, role="text column")
     spec.require(args.id_col, role="id column")
     spec.require(*(c for c in args.partition_by or () if c not in RESULT_SCHEMA.names), role="--partition-by column")
+    check_result_names(spec.columns, result_names(args.keep_probabilities), source=spec.path)
     target = check_output(args.output, fmt=args.output_format, overwrite=args.overwrite, mode=args.mode,
                           input_path=spec.path, storage_options=storage)
     out = target.path  # absolute or a URI; a local output is replaced only once the new one is written
@@ -79,20 +97,90 @@ def run(args: argparse.Namespace) -> int:
     config = ClassifierConfig(engine=args.engine, batch_size=args.batch_size, top_k=args.top_k, beam=args.beam,
                               engine_options=engine_options)
     run_id = uuid.uuid4().hex
-    init_ray(args.ray_address)
+    verbose = bool(getattr(args, "verbose", False))
+    init_ray(args.ray_address, quiet=not verbose)
+    quiet_ray_data_console(verbose)
+    show_progress = sys.stderr.isatty() if args.progress is None else args.progress
+    counter = start_row_counter() if show_progress else None
     ds = read_dataset(spec)
     ds = classify_dataset(ds, text_col=args.text_col, model=bundle.path, config=config, run_id=run_id,
                           keep_probabilities=args.keep_probabilities,
-                          options=RayOptions(num_actors=args.num_actors, cpus_per_actor=args.cpus_per_actor))
+                          options=RayOptions(num_actors=args.num_actors, cpus_per_actor=args.cpus_per_actor),
+                          row_counter=counter)
+    ray_data_context().enable_progress_bars = verbose  # Ray's per-stage bars (this process is the CLI's)
     log.info("run %s: %s (%s) → %s (%s) with %s", run_id, spec.path, spec.format, out, args.output_format,
              bundle.model_id)
     start = time.perf_counter()
-    with target.write() as (path, mode):
-        write_dataset(ds, path, fmt=args.output_format, mode=mode, partition_by=args.partition_by,
-                      storage_options=storage)
+    try:
+        with target.write() as (path, mode):
+            with_row_progress(lambda: write_dataset(ds, path, fmt=args.output_format, mode=mode,
+                                                    partition_by=args.partition_by, storage_options=storage),
+                              counter, total=spec.num_rows)
+    except Exception as exc:
+        damaged = damaged_input_error(spec)
+        if damaged is None:
+            raise
+        raise damaged from exc
     elapsed = time.perf_counter() - start
     print(summarize(out, args.output_format, elapsed, storage_options=storage))
     return 0
+
+
+def ray_data_context() -> Any:
+    """Ray Data's context of this process (the CLI's own)."""
+    from ray.data import DataContext
+
+    return DataContext.get_current()
+
+
+def with_row_progress(work: Callable[[], None], counter: Any, *, total: int | None) -> None:
+    """Run ``work`` (which classifies) with a tqdm bar on stderr fed by the actors' row counter
+    (:func:`~soi_batch.ray_data.start_row_counter`): rows done / total, rows/s, ETA.  ``counter``
+    None: no bar, ``work`` runs as it is."""
+    if counter is None:
+        work()
+        return
+    import ray
+
+    def rows_done() -> int:
+        return int(ray.get(counter.count.remote()))
+
+    stop = threading.Event()
+    with tqdm(total=total, unit="rows", desc="classified", dynamic_ncols=True, file=sys.stderr) as bar:
+
+        def follow() -> None:  # a daemon thread: work() keeps the main thread, so Ctrl-C stops the run
+            while not stop.wait(0.5):
+                bar.update(rows_done() - bar.n)
+
+        thread = threading.Thread(target=follow, name="soi-progress", daemon=True)
+        thread.start()
+        try:
+            work()
+        finally:
+            stop.set()
+            thread.join(timeout=5)
+        bar.update(rows_done() - bar.n)
+
+
+def result_names(keep_probabilities: bool) -> list[str]:
+    """The columns a classify run appends."""
+    return [*RESULT_SCHEMA.names, *(PROBABILITIES_SCHEMA.names if keep_probabilities else [])]
+
+
+def damaged_input_error(spec: InputSpec) -> InputReadError | None:
+    """After a failed run: the one-line error naming a damaged file of the input, or None if it reads whole.
+
+    The checks of :func:`~soi_batch.tables.inspect_input` read a CSV whole but only the footers of
+    Parquet files: a corrupt data page surfaces inside a Ray read task, as a ``RayTaskError``.
+    """
+    damaged = find_damaged_file(spec)
+    if damaged is None:
+        return None
+    path, detail = damaged
+    return InputReadError(
+        f"{spec.path}: the file {path} is damaged and cannot be read ({detail}); nothing was written. "
+        "Write that file again (or remove it from the input), then re-run"
+    )
 
 
 def write_empty_output(spec: InputSpec, out: str, *, fmt: str, keep_probabilities: bool, mode: WriteMode = "append",

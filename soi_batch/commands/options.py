@@ -35,6 +35,28 @@ def configure_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=LOG_FORMAT)
 
 
+QUIET_RAY_DATA_MESSAGES: tuple[str, ...] = ("Progress bars disabled",)
+"""Ray Data warnings that tell a user of the CLI nothing to act on (the CLI turns Ray's bars off itself)."""
+
+
+def _not_known_noise(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith(QUIET_RAY_DATA_MESSAGES)
+
+
+def quiet_ray_data_console(verbose: bool) -> None:
+    """Ray Data's console lines (execution plans, per-stage progress, operator stats) at WARNING, or
+    with ``-v`` as Ray sets them (INFO), and without :data:`QUIET_RAY_DATA_MESSAGES`.  Its session log
+    file (``ray-data.log``) keeps them all.  Call after ``ray.data`` is imported: importing it sets up
+    its loggers."""
+    import ray.data  # noqa: F401  (sets up the 'ray.data' logger and its handlers)
+
+    for handler in logging.getLogger("ray.data").handlers:
+        if type(handler).__name__ == "PlainRayHandler":  # the console handler; the file handlers stay
+            handler.setLevel(logging.INFO if verbose else logging.WARNING)
+            if not verbose and _not_known_noise not in handler.filters:
+                handler.addFilter(_not_known_noise)
+
+
 def add_model_options(p: argparse.ArgumentParser, *, required: bool = False, from_config: bool = False) -> None:
     """``--model`` (a named model, bundle directory or hub id) and ``--cache-dir``."""
     names = ", ".join(sorted(NAMED_MODELS))

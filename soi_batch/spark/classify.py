@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING
 from soi_batch.checks import model_for_workers
 from soi_batch.classifier import ClassifierConfig, EngineName
 from soi_batch.errors import ConfigError
-from soi_batch.spark.columns import check_columns, output_schema
+from soi_batch.spark.columns import check_columns, output_schema, result_struct
 from soi_batch.spark.gpus import gpu_resource_profile, wanted_gpus_per_task
 from soi_batch.spark.worker import PartitionJob, classify_partition
+from soi_batch.tables import check_result_names
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -85,17 +86,19 @@ def classify_df(
         cache_dir: where a named model is built on first use (default ``~/.cache/soi-batch``).
 
     Returns:
-        ``df``'s columns (those named like a result column are replaced) followed by
+        ``df``'s columns followed by
         :data:`soi_batch.schema.RESULT_SCHEMA`'s columns in Spark types: ``top_k`` is
         ``array<struct<code,title,prob>>``, ``classified_at`` a ``timestamp``.  Rows with null
         or blank text get ``error`` set and null codes.  All rows share one ``run_id``.
 
     Raises:
-        InputSchemaError: ``text_col`` or ``id_col`` is missing, or ``text_col`` is not a string.
+        InputSchemaError: ``text_col`` or ``id_col`` is missing, ``text_col`` is not a string, or a column
+            is named like a result column (case-insensitively).
         ConfigError: an invalid setting, or ``config`` together with ``top_k``/``batch_size``/``engine``.
         BundleError: the model bundle is invalid.
     """
     check_columns(df, text_col, id_col)
+    check_result_names(df.columns, result_struct(keep_probabilities).names, source="DataFrame")
     classifier_config = _classifier_config(config, top_k=top_k, batch_size=batch_size, engine=engine)
     job = PartitionJob(
         model=model_for_workers(model, cache_dir),
