@@ -30,9 +30,16 @@ def add_logging_options(p: argparse.ArgumentParser, *, default: object = False) 
     p.add_argument("-v", "--verbose", action="store_true", default=default, help="debug logging")
 
 
+QUIET_LIBRARY_LOGGERS: tuple[str, ...] = ("torchao", "torch.utils._pytree")
+"""Library loggers whose warnings a user cannot act on (torchao's optional GPU kernels that do not
+load on a CPU machine, torch's deprecation notes aimed at library authors): ERROR only, unless ``-v``."""
+
+
 def configure_logging(verbose: bool) -> None:
     """Root logging for a command-line run: INFO, or DEBUG with ``-v``.  The one place that sets it up."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=LOG_FORMAT)
+    for name in QUIET_LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET if verbose else logging.ERROR)
 
 
 QUIET_RAY_DATA_MESSAGES: tuple[str, ...] = ("Progress bars disabled",)
