@@ -89,7 +89,8 @@ class OutputTarget:
         """Yield where to write and the mode to write in; locally, nothing existing is deleted before the new
         result is written.
 
-        A new output is written in place, and removed if the write fails; ``append`` adds to an existing one.  An existing Delta table
+        A new local output is written in place, and removed if the write fails; ``append`` adds to an
+        existing one (kept as it was if the write fails, apart from what was committed).  An existing Delta table
         overwritten gets a new version written in mode ``overwrite``: the old files stay, referenced by
         the older versions, until ``vacuum()``.  Any other earlier local output is replaced only once the
         new one is complete: it is written next to it (``.NAME.soi-new-*``), then the two are swapped by
@@ -98,10 +99,12 @@ class OutputTarget:
         files deleted, then the new ones written).
         """
         if not self.replace:
+            fresh = not self.remote and not Path(self.path).exists()  # appending to an earlier output keeps it
             try:
                 yield self.path, "append"
             except BaseException:
-                _remove(self.path)  # a new output that failed: nothing half-written may block the re-run
+                if fresh:
+                    _remove(Path(self.path))  # a new output that failed: nothing half-written may block the re-run
                 raise
             return
         if self.delta_in_place or self.remote:

@@ -208,11 +208,21 @@ def sniff_encoding(path: str | Path, storage_options: StorageOptions | None = No
     return "utf-8"
 
 
+def _lines(stream: io.BufferedIOBase) -> Iterator[bytes]:
+    """The stream's lines (split at ``\\n``), read in 4 MiB chunks (Arrow's remote streams do not iterate)."""
+    rest = b""
+    while chunk := stream.read(1 << 22):
+        *lines, rest = (rest + chunk).split(b"\n")
+        yield from lines
+    if rest:
+        yield rest
+
+
 def _refuse_mixed_encodings(path: str | Path, storage_options: StorageOptions | None = None) -> None:
     """Raise :class:`InputReadError` if some lines are UTF-8 with non-ASCII characters and others are not UTF-8."""
     utf8_line = other_line = None
     with _open_bytes(path, storage_options) as fh:
-        for number, line in enumerate(fh, start=1):
+        for number, line in enumerate(_lines(fh), start=1):
             if line.isascii():
                 continue
             try:

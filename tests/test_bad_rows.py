@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
-from deltalake import write_deltalake
+from deltalake import DeltaTable, write_deltalake
 
 from soi_batch.cli import main
 from soi_batch.tables import INVALID_UTF8_ERROR, MAX_CSV_FIELD_CHARS, inspect_input
@@ -79,6 +79,23 @@ def test_corrupt_parquet_data_page_is_one_line_and_no_output(osha, tiny_bundle, 
     src.write_bytes(bytes(data))
     text = _refused(src, tmp_path, tiny_bundle, capsys)
     assert "in.parquet is damaged and cannot be read" in text and "Write that file again" in text
+
+
+@pytest.mark.slow
+def test_a_failed_append_keeps_the_earlier_output(osha, tiny_bundle, ray_local, tmp_path, capsys):
+    """Only a new output is removed when the run fails; an output appended to keeps its earlier rows."""
+    good, bad = tmp_path / "good.parquet", tmp_path / "bad.parquet"
+    pq.write_table(pa.Table.from_pandas(_rows(osha), preserve_index=False), good)
+    out = tmp_path / "out"
+    rc, text = _classify(good, out, tiny_bundle, capsys, "--output-format", "delta")
+    assert rc == 0, text
+    pq.write_table(pa.Table.from_pandas(_rows(osha), preserve_index=False), bad)
+    data = bytearray(bad.read_bytes())
+    data[200:400] = b"A" * 200
+    bad.write_bytes(bytes(data))
+    rc, text = _classify(bad, out, tiny_bundle, capsys, "--output-format", "delta", "--mode", "append")
+    assert rc == 2 and "bad.parquet is damaged" in text
+    assert DeltaTable(str(out)).to_pyarrow_table().num_rows == len(_rows(osha))
 
 
 @pytest.mark.parametrize("suffix, compress", [(".csv.gz", gzip.compress), (".csv.xz", lzma.compress)])
