@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 import psutil
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable, write_deltalake
 
@@ -29,7 +30,7 @@ from soi_batch.nightly.manifest import RunManifest, total_variation
 from soi_batch.nightly.runs import RunLock
 from soi_batch.nightly.select import TEXT_SHA_COL, InputSource, RowBits, open_state, select_rows
 from soi_batch.nightly.sink import NEW_ID_COL, ConcurrentWriteError, DeltaSink
-from soi_batch.tables import inspect_input
+from soi_batch.tables import INVALID_UTF8_ERROR, inspect_input
 
 REPO = Path(__file__).resolve().parents[1]
 COLS = ["row_key", "ID", "EventDate", "Final Narrative", "Source"]
@@ -498,3 +499,31 @@ print("THREADS", sorted(t.name for t in threading.enumerate() if t.name.startswi
     assert done.returncode == 0, done.stderr[-3000:]
     lines = [line for line in done.stdout.splitlines() if line.startswith(("STATUS", "RAY", "THREADS"))]
     assert lines == ["STATUS completed 40", "RAY False", "THREADS []"], done.stdout[-2000:]
+
+
+def test_input_columns_named_like_results_are_refused_before_any_work(tmp_path: Path, osha: pd.DataFrame,
+                                                                      tiny_bundle: Path) -> None:
+    rows = _rows(osha, 0, 20)
+    rows["Confidence"] = "high"  # Delta names are case-insensitive: it would clash with `confidence`
+    _write(tmp_path / "input", rows)
+    with pytest.raises(InputSchemaError, match=r"'Confidence'.*'confidence'"):
+        run_nightly(_config(tmp_path, tiny_bundle))
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_a_narrative_that_is_not_utf8_is_a_row_error_in_the_nightly_job(tmp_path: Path, osha: pd.DataFrame,
+                                                                        tiny_bundle: Path, ray_local) -> None:
+    rows = _rows(osha, 0, 40)
+    values = [text.encode("utf-8") for text in rows["Final Narrative"]]
+    values[5] = b"Employee cut \xff\xfe hand on a box cutter"
+    table = pa.Table.from_pandas(rows.drop(columns=["Final Narrative"]), preserve_index=False)
+    table = table.append_column("Final Narrative", pa.array(values, pa.binary()).view(pa.string()))
+    (tmp_path / "input").mkdir()
+    pq.write_table(table, tmp_path / "input" / "part-0.parquet")  # Parquet does not check string encodings
+    manifest = run_nightly(_config(tmp_path, tiny_bundle))
+    out = _output(tmp_path / "out").set_index("row_key")
+    assert manifest.status == "completed" and len(out) == 40 and manifest.counts.errors == 1
+    bad = out.loc[rows["row_key"][5]]
+    assert bad["error"] == INVALID_UTF8_ERROR and bad["source_code"] is None
+    assert out.drop(index=rows["row_key"][5])["source_code"].notna().all()

@@ -43,10 +43,10 @@ from soi_batch.nightly.select import (
     select_rows,
     stage_rows,
 )
-from soi_batch.nightly.sink import DeltaSink
+from soi_batch.nightly.sink import NEW_ID_COL, DeltaSink
 from soi_batch.schema import PROBABILITIES_SCHEMA, RESULT_SCHEMA
 from soi_batch.storage import StorageOptions, delta_storage_options
-from soi_batch.tables import absolute_uri, append_results, inspect_input
+from soi_batch.tables import absolute_uri, append_results, check_result_names, inspect_input
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,9 @@ def run_nightly(config: NightlyConfig) -> RunManifest:
                          storage_options=config.storage_options)
     spec.require_text(config.text_col)
     spec.require(*config.id_columns, role="id column")
+    check_result_names(spec.columns, [TEXT_SHA_COL, NEW_ID_COL, *RESULT_SCHEMA.names,
+                                      *(PROBABILITIES_SCHEMA.names if config.keep_probabilities else [])],
+                       source=spec.path)
     bundle = load_bundle(config.model, Path(config.cache_dir) if config.cache_dir else None)
     classifier_config = config.classifier_config()
     ray_options = config.ray_options()

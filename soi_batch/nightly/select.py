@@ -47,9 +47,12 @@ _NULL_TEXT_DIGEST = hashlib.sha256(b"\xff<null>").hexdigest()  # b"\xff" is neve
 
 def text_digests(texts: pa.Array | pa.ChunkedArray) -> pa.Array:
     """Hex sha256 of each text's UTF-8 bytes (null texts get a digest no text can have)."""
-    return pa.array(
-        [_NULL_TEXT_DIGEST if t is None else hashlib.sha256(t.encode("utf-8")).hexdigest()
-         for t in texts.to_pylist()],
+    kind = texts.type.value_type if pa.types.is_dictionary(texts.type) else texts.type
+    if pa.types.is_dictionary(texts.type):
+        texts = texts.cast(kind)
+    raw = texts.cast(pa.large_binary() if pa.types.is_large_string(kind) else pa.binary())  # bytes as stored:
+    return pa.array(  # a text that is not valid UTF-8 (a per-row error later) still gets its digest
+        [_NULL_TEXT_DIGEST if t is None else hashlib.sha256(t).hexdigest() for t in raw.to_pylist()],
         type=pa.string(),
     )
 
