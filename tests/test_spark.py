@@ -214,3 +214,25 @@ def test_classify_udf_is_a_column_expression_returning_the_result_struct(spark, 
     assert picked.columns == ["ID", "source_code", "confidence"]
     assert sorted(r.source_code for r in picked.collect() if r.source_code) == sorted(
         r["source_code"] for r in bare if r["source_code"])
+
+
+def test_a_narrative_that_is_not_utf8_is_a_row_error_in_spark(spark, tiny_bundle, tmp_path):
+    """Parquet does not check string encodings and Spark passes the bytes on: one such narrative used to
+    fail the whole task (UnicodeDecodeError inside the worker)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from soi_batch.spark import classify_udf
+    from soi_batch.tables import INVALID_UTF8_ERROR
+
+    values = [b"Employee slipped on a wet floor and fractured a wrist.",
+              b"Employee cut \xff\xfe hand on a box cutter",
+              b"A forklift struck the employee's foot."]
+    src = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"ID": ["a", "b", "c"], TEXT: pa.array(values, pa.binary()).view(pa.string())}), src)
+    df = spark.read.parquet(str(src))
+    rows = {r["ID"]: r for r in classify_df(df, TEXT, model=tiny_bundle).collect()}
+    assert rows["b"]["error"] == INVALID_UTF8_ERROR and rows["b"]["source_code"] is None
+    assert rows["a"]["source_code"] in LABELS and rows["c"]["source_code"] in LABELS
+    struct = df.select(classify_udf(model=tiny_bundle)(TEXT).alias("soi")).collect()
+    assert [r["soi"]["error"] for r in struct] == [None, INVALID_UTF8_ERROR, None]

@@ -12,12 +12,14 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 import pyarrow as pa
 
 from soi_batch.classifier import Classifier, ClassifierConfig
 from soi_batch.engines.threads import set_torch_threads
+from soi_batch.tables import classify_valid_utf8
 
 
 @dataclass(frozen=True)
@@ -89,8 +91,10 @@ def classify_partition(job: PartitionJob, batches: Iterator[pa.RecordBatch]) -> 
     for batch in batches:
         if classifier is None:  # empty partitions never load a model
             classifier = _worker_classifier(job.model, _task_config(job.config))
-        table = classifier.classify_table(pa.Table.from_batches([batch]), text_col=job.text_col,
-                                          run_id=job.run_id, keep_probabilities=job.keep_probabilities)
+        table = classify_valid_utf8(  # a narrative that is not UTF-8 (Spark passes bytes on) is a row error
+            pa.Table.from_batches([batch]), job.text_col,
+            partial(classifier.classify_table, text_col=job.text_col, run_id=job.run_id,
+                    keep_probabilities=job.keep_probabilities))
         yield from table.combine_chunks().to_batches()
 
 
@@ -101,8 +105,9 @@ def classify_column(job: PartitionJob, texts: pa.Array) -> pa.Array:
     if len(texts) == 0:
         return pa.array([], type=pa.struct(list(_result_fields(job.keep_probabilities))))
     classifier = _worker_classifier(job.model, _task_config(job.config))
-    table = classifier.classify_table(pa.table({job.text_col: texts}), text_col=job.text_col, run_id=job.run_id,
-                                      keep_probabilities=job.keep_probabilities)
+    table = classify_valid_utf8(pa.table({job.text_col: texts}), job.text_col,
+                                partial(classifier.classify_table, text_col=job.text_col, run_id=job.run_id,
+                                        keep_probabilities=job.keep_probabilities))
     results = table.drop_columns([job.text_col]).combine_chunks()
     return pa.StructArray.from_arrays([c.chunk(0) if c.num_chunks else pa.array([], c.type) for c in results.columns],
                                       fields=list(results.schema))
