@@ -19,7 +19,7 @@ How a block runs, in a fresh temporary working directory that holds the inputs t
   local SparkSession), after the textual replacements of ``PATH_MAP`` (``s3://`` URIs to local
   folders, and ``ray.init()`` to a no-op on the module's local Ray); nothing else is changed.
 
-One local Ray (2 CPUs, tests/conftest.py's ``ray_local``) serves every block; the Spark block and
+One local Ray (2 CPUs, tests/conftest.py's ``ray_local``) serves every block; the Spark block,
 the trends block and the CLI block (two runs) are ``slow``.
 """
 
