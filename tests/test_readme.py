@@ -8,8 +8,8 @@ marked, on the line right before it, with ``<!-- example: not run (REASON) -->``
 How a block runs, in a fresh temporary working directory that holds the inputs the README names
 (built from the real OSHA rows of ``soi_batch/data/osha_sir_sample.csv``):
 
-- ``severeinjury.csv``: the sample CSV itself (OSHA's cp1252, CRLF file);
-- ``reports_delta/``: a Delta table of the same rows (deltalake);
+- ``severeinjury.csv``: the sample's first ``ROWS`` rows as OSHA writes them (cp1252, CRLF, quoted);
+- ``reports_delta/``, ``reports_parquet/``: a Delta table and a Parquet folder of the same rows;
 - bash: each command line (``\\`` continuations joined, ``#`` comments dropped, split with shlex)
   runs in-process: ``soi-batch ARGS`` through ``soi_batch.cli.main(ARGS)``, ``python jobs/nightly.py
   ARGS`` through that script's own ``main(ARGS)``; each must exit 0. Any other command fails the
