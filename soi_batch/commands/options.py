@@ -76,6 +76,15 @@ def progress_wanted(args: argparse.Namespace) -> bool:
     return sys.stderr.isatty() if args.progress is None else bool(args.progress)
 
 
+def quiet_library_progress_bars(verbose: bool) -> None:
+    """Without ``-v``: no transformers progress bars (its "Loading weights" bar) in this process, so that
+    the command's own bar is the only one.  Imports transformers: call it when a model is to be loaded."""
+    if not verbose:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+
+
 def add_model_options(p: argparse.ArgumentParser, *, required: bool = False, from_config: bool = False) -> None:
     """``--model`` (a named model, bundle directory or hub id) and ``--cache-dir``."""
     names = ", ".join(sorted(NAMED_MODELS))
