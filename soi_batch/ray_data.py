@@ -12,8 +12,11 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
+import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from numbers import Integral, Real
 from pathlib import Path
@@ -21,6 +24,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
+from tqdm.auto import tqdm
 
 from soi_batch.checks import model_for_workers, require_dataset_text
 from soi_batch.classifier import Classifier, ClassifierConfig
@@ -354,3 +358,32 @@ def start_row_counter() -> Any:
     import ray
 
     return ray.remote(num_cpus=0)(RowCounter).remote()
+
+
+@contextmanager
+def row_progress(counter: Any, *, total: int | None, desc: str = "classified") -> Iterator[None]:
+    """A tqdm bar on stderr fed by the actors' row counter (:func:`start_row_counter`) while the
+    ``with`` body classifies: rows done / total, rows/s, ETA.  ``counter`` None: no bar."""
+    if counter is None:
+        yield
+        return
+    import ray
+
+    def rows_done() -> int:
+        return int(ray.get(counter.count.remote()))
+
+    stop = threading.Event()
+    with tqdm(total=total, unit="rows", desc=desc, dynamic_ncols=True, file=sys.stderr) as bar:
+
+        def follow() -> None:  # a daemon thread: the body keeps the main thread, so Ctrl-C stops the run
+            while not stop.wait(0.5):
+                bar.update(rows_done() - bar.n)
+
+        thread = threading.Thread(target=follow, name="soi-progress", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(timeout=5)
+        bar.update(rows_done() - bar.n)

@@ -26,7 +26,7 @@ COLS = ["row_key", "ID", "EventDate", "Final Narrative", "Source"]
 # the flags jobs/nightly.py has always had: its users' crontabs and DAGs pass them
 NIGHTLY_FLAGS = {"-h", "--help", "--config", "--input", "--output", "--model", "--cache-dir", "--id-col", "--text-col",
                  "--input-format", "--ray-address", "--ray-num-cpus", "--manifest-dir", "--chunk-rows",
-                 "--retry-errors", "-v", "--verbose"}
+                 "--retry-errors", "-v", "--verbose", "--progress", "--no-progress"}
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:

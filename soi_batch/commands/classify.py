@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
-import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
-from tqdm.auto import tqdm
 
 from soi_batch.bundle import load_bundle
 from soi_batch.checks import check_output
@@ -23,8 +19,10 @@ from soi_batch.commands.options import (
     add_input_options,
     add_model_options,
     add_output_options,
+    add_progress_option,
     add_ray_options,
     add_storage_options,
+    progress_wanted,
     quiet_ray_data_console,
 )
 from soi_batch.errors import ConfigError, InputReadError
@@ -58,8 +56,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_ray_options(p)
     p.add_argument("--keep-probabilities", action="store_true",
                    help="also write division_probs and major_group_probs (needed by `soi-batch trends`)")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="a progress bar in rows on stderr (default: when stderr is a terminal)")
+    add_progress_option(p)
     p.set_defaults(func=run)
 
 
@@ -69,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
         classify_dataset,
         init_ray,
         read_dataset,
+        row_progress,
         start_row_counter,
         write_dataset,
     )
@@ -100,8 +98,7 @@ def run(args: argparse.Namespace) -> int:
     verbose = bool(getattr(args, "verbose", False))
     init_ray(args.ray_address, quiet=not verbose)
     quiet_ray_data_console(verbose)
-    show_progress = sys.stderr.isatty() if args.progress is None else args.progress
-    counter = start_row_counter() if show_progress else None
+    counter = start_row_counter() if progress_wanted(args) else None
     ds = read_dataset(spec)
     ds = classify_dataset(ds, text_col=args.text_col, model=bundle.path, config=config, run_id=run_id,
                           keep_probabilities=args.keep_probabilities,
@@ -112,10 +109,9 @@ def run(args: argparse.Namespace) -> int:
              bundle.model_id)
     start = time.perf_counter()
     try:
-        with target.write() as (path, mode):
-            with_row_progress(lambda: write_dataset(ds, path, fmt=args.output_format, mode=mode,
-                                                    partition_by=args.partition_by, storage_options=storage),
-                              counter, total=spec.num_rows)
+        with target.write() as (path, mode), row_progress(counter, total=spec.num_rows):
+            write_dataset(ds, path, fmt=args.output_format, mode=mode, partition_by=args.partition_by,
+                          storage_options=storage)
     except Exception as exc:
         damaged = damaged_input_error(spec)
         if damaged is None:
@@ -131,35 +127,6 @@ def ray_data_context() -> Any:
     from ray.data import DataContext
 
     return DataContext.get_current()
-
-
-def with_row_progress(work: Callable[[], None], counter: Any, *, total: int | None) -> None:
-    """Run ``work`` (which classifies) with a tqdm bar on stderr fed by the actors' row counter
-    (:func:`~soi_batch.ray_data.start_row_counter`): rows done / total, rows/s, ETA.  ``counter``
-    None: no bar, ``work`` runs as it is."""
-    if counter is None:
-        work()
-        return
-    import ray
-
-    def rows_done() -> int:
-        return int(ray.get(counter.count.remote()))
-
-    stop = threading.Event()
-    with tqdm(total=total, unit="rows", desc="classified", dynamic_ncols=True, file=sys.stderr) as bar:
-
-        def follow() -> None:  # a daemon thread: work() keeps the main thread, so Ctrl-C stops the run
-            while not stop.wait(0.5):
-                bar.update(rows_done() - bar.n)
-
-        thread = threading.Thread(target=follow, name="soi-progress", daemon=True)
-        thread.start()
-        try:
-            work()
-        finally:
-            stop.set()
-            thread.join(timeout=5)
-        bar.update(rows_done() - bar.n)
 
 
 def result_names(keep_probabilities: bool) -> list[str]:

@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from soi_batch.commands.options import add_batch_size_option, add_input_options, add_model_options
+from soi_batch.commands.options import (
+    add_batch_size_option,
+    add_input_options,
+    add_model_options,
+    add_progress_option,
+    progress_wanted,
+    quiet_library_progress_bars,
+)
 
 if TYPE_CHECKING:
     from soi_batch.evaluation import EvaluationConfig
@@ -35,6 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="baseline division answer: the division LR (per_level), the major-group LR summed "
                         "per division (derived), or whichever is better on validation (best; only with "
                         "--baseline-train train) (default: best, or derived with train+validation)")
+    add_progress_option(p)
     p.set_defaults(func=run)
 
 
@@ -55,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
     from soi_batch.evaluation import evaluate
     from soi_batch.metrics import lookup
 
-    result = evaluate(evaluation_config(args), args.report)
+    quiet_library_progress_bars(bool(getattr(args, "verbose", False)))
+    result = evaluate(evaluation_config(args), args.report, progress=progress_wanted(args))
     base = result.get("baseline")
     print(f"n={result['n']}  ({result['data']['description']})")
     for key in ("division.accuracy", "division.macro_f1", "major_group.accuracy", "major_group.macro_f1",

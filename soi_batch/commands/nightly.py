@@ -14,7 +14,10 @@ from soi_batch.commands.options import (
     add_input_options,
     add_logging_options,
     add_model_options,
+    add_progress_option,
     add_ray_options,
+    progress_wanted,
+    quiet_ray_data_console,
 )
 
 HELP = "classify new and changed reports into a Delta table, chunk by chunk (safe to re-run)"
@@ -35,6 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--manifest-dir", default=None, help="run manifests (default: <output>_manifests)")
     p.add_argument("--chunk-rows", type=int, default=None, help="rows per commit (default: the config file's, else 5000)")
     p.add_argument("--retry-errors", action="store_true", default=None, help="re-classify rows with error set")
+    add_progress_option(p)
     p.set_defaults(func=run)
 
 
@@ -60,7 +64,9 @@ def run(args: argparse.Namespace) -> int:
         input_format=args.input_format, ray_address=args.ray_address, ray_num_cpus=args.ray_num_cpus,
         manifest_dir=args.manifest_dir, chunk_rows=args.chunk_rows, retry_errors=args.retry_errors,
     )
-    manifest = run_nightly(config)
+    verbose = bool(getattr(args, "verbose", False))
+    quiet_ray_data_console(verbose)
+    manifest = run_nightly(config, progress=progress_wanted(args), quiet=not verbose)
     c = manifest.counts
     print(f"run {manifest.run_id} {manifest.status}: read {c.read}, skipped {c.skipped}, classified {c.classified} "
           f"({c.errors} errors), duplicate ids dropped {c.duplicate_ids_dropped}, "

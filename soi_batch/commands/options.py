@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 from pathlib import Path
 
 from soi_batch.datasets.osha import TEXT_COL
@@ -62,6 +63,26 @@ def quiet_ray_data_console(verbose: bool) -> None:
             handler.setLevel(logging.INFO if verbose else logging.WARNING)
             if not verbose and _not_known_noise not in handler.filters:
                 handler.addFilter(_not_known_noise)
+
+
+def add_progress_option(p: argparse.ArgumentParser) -> None:
+    """``--progress/--no-progress``: a progress bar in rows on stderr (default: when stderr is a terminal)."""
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="a progress bar in rows on stderr (default: when stderr is a terminal)")
+
+
+def progress_wanted(args: argparse.Namespace) -> bool:
+    """``--progress``/``--no-progress`` as given, else whether stderr is a terminal."""
+    return sys.stderr.isatty() if args.progress is None else bool(args.progress)
+
+
+def quiet_library_progress_bars(verbose: bool) -> None:
+    """Without ``-v``: no transformers progress bars (its "Loading weights" bar) in this process, so that
+    the command's own bar is the only one.  Imports transformers: call it when a model is to be loaded."""
+    if not verbose:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
 
 
 def add_model_options(p: argparse.ArgumentParser, *, required: bool = False, from_config: bool = False) -> None:

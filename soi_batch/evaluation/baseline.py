@@ -108,6 +108,8 @@ class TfidfBaseline:
         if cfg.level_strategy == "best" and validation is None:
             raise ValueError("level_strategy='best' needs validation texts and codes to choose on")
         start = time.perf_counter()
+        log.info("TF-IDF baseline: fitting word %s + char_wb %s n-gram features (up to %s each, min_df %d) on %d "
+                 "reports", cfg.word_ngrams, cfg.char_ngrams, cfg.max_features, cfg.min_df, len(texts))
         self._vectorizer = FeatureUnion([
             ("word", TfidfVectorizer(analyzer="word", ngram_range=cfg.word_ngrams, min_df=cfg.min_df,
                                      max_features=cfg.max_features, sublinear_tf=True, dtype=np.float32)),
@@ -128,6 +130,8 @@ class TfidfBaseline:
                 self._constant[str(group)] = str(kinds[0])
             else:
                 jobs[f"code:{group}"] = (rows, codes[rows])
+        log.info("TF-IDF baseline: %d reports x %d features in %.1f s; fitting %d logistic regressions "
+                 "(%s in parallel)", x.shape[0], x.shape[1], time.perf_counter() - start, len(jobs), cfg.n_jobs)
         fitted = Parallel(n_jobs=cfg.n_jobs)(delayed(_fit_lr)(self._lr(), x[rows], y) for rows, y in jobs.values())
         self._models = dict(zip(jobs, fitted))
         log.info("TF-IDF baseline fitted on %d reports, %d features, %d models in %.1fs", len(codes), x.shape[1],

@@ -16,6 +16,7 @@ Writes into the report directory (:mod:`soi_batch.evaluation.report`)::
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -35,8 +36,10 @@ from soi_batch.metrics import evaluate_predictions, target_gaps
 log = logging.getLogger(__name__)
 
 
-def run_model(config: EvaluationConfig, texts: Sequence[object], labels: Sequence[str]) -> dict[str, Any]:
-    """Classify with the model bundle; returns metrics plus model provenance and speed."""
+def run_model(config: EvaluationConfig, texts: Sequence[object], labels: Sequence[str], *,
+              progress: bool = False) -> dict[str, Any]:
+    """Classify with the model bundle; returns metrics plus model provenance and speed.  ``progress``:
+    a bar in rows on stderr, moved after each ``config.chunk`` reports."""
     from tqdm.auto import tqdm
 
     from soi_batch.classifier import Classifier, ClassifierConfig
@@ -44,9 +47,15 @@ def run_model(config: EvaluationConfig, texts: Sequence[object], labels: Sequenc
     clf = Classifier.load(config.model, ClassifierConfig(batch_size=config.batch_size), cache_dir=config.cache_dir)
     start = time.perf_counter()
     preds = []
-    for i in tqdm(range(0, len(texts), config.chunk), desc="model", unit="chunk"):
-        preds.extend(clf.classify_texts(texts[i:i + config.chunk]))
+    log.info("scoring %d reports with %s (%d per call)", len(texts), clf.model_id, config.chunk)
+    with tqdm(total=len(texts), desc="model", unit="rows", dynamic_ncols=True, file=sys.stderr,
+              disable=not progress) as bar:
+        for i in range(0, len(texts), config.chunk):
+            chunk = clf.classify_texts(texts[i:i + config.chunk])
+            preds.extend(chunk)
+            bar.update(len(chunk))
     seconds = time.perf_counter() - start
+    log.info("model scored %d reports in %.1f s", len(preds), seconds)
     codes = [p.code if p.error is None else None for p in preds]
     divisions = [p.division_code if p.error is None else None for p in preds]
     majors = [p.major_group_code if p.error is None else None for p in preds]
@@ -95,13 +104,14 @@ def run_baseline(config: EvaluationConfig, texts: Sequence[object], labels: Sequ
     return metrics
 
 
-def evaluate(config: EvaluationConfig, report_dir: str | Path) -> dict[str, Any]:
-    """Run the evaluation and write the report directory; returns ``metrics.json``'s content."""
+def evaluate(config: EvaluationConfig, report_dir: str | Path, *, progress: bool = False) -> dict[str, Any]:
+    """Run the evaluation and write the report directory; returns ``metrics.json``'s content.
+    ``progress``: a bar in rows on stderr while the model scores."""
     out = Path(report_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = load_eval_data(config)
     log.info("evaluating on %s: %d reports", data.description, len(data.labels))
-    model = run_model(config, data.texts, data.labels)
+    model = run_model(config, data.texts, data.labels, progress=progress)
     baseline = run_baseline(config, data.texts, data.labels) if config.baseline else None
     curves = {"model": model.pop("_curves")}
     if baseline is not None:

@@ -75,7 +75,7 @@ class NightlyConfig(BaseModel):
     ``ray_address``.  Workers map the store's pages, so this bounds the memory the run's
     blocks can ever take (Ray spills to disk beyond it)."""
     ray_progress_bars: bool = False
-    """Show Ray Data's own progress bars besides the job's tqdm bar over committed rows."""
+    """Show Ray Data's own progress bars besides the job's bar in rows (``run_nightly(progress=True)``)."""
     classifier: dict[str, Any] = Field(default_factory=dict)
     """:class:`~soi_batch.classifier.ClassifierConfig` fields, e.g. {engine: hf, batch_size: 64}."""
     ray: dict[str, Any] = Field(default_factory=dict)

@@ -28,7 +28,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from tqdm.auto import tqdm
 
 from soi_batch.bundle import load_bundle
 from soi_batch.nightly.config import NightlyConfig
@@ -72,7 +71,10 @@ def division_counts(output: str, storage_options: StorageOptions | None = None) 
     return Counter({c["values"]: c["counts"] for c in counts})
 
 
-def run_nightly(config: NightlyConfig) -> RunManifest:
+def run_nightly(config: NightlyConfig, *, progress: bool = False, quiet: bool = False) -> RunManifest:
+    """Run the nightly job once.  ``progress``: a bar in rows on stderr as rows are classified (rows/s,
+    ETA); ``quiet``: Ray's own console lines and the workers' output kept to Ray's session logs
+    (:func:`~soi_batch.ray_data.init_ray`).  The per-chunk INFO log lines say what was committed."""
     started, t0 = _now(), time.perf_counter()
     spec = inspect_input(config.input, fmt=config.input_format, encoding=config.encoding,
                          storage_options=config.storage_options)
@@ -102,7 +104,8 @@ def run_nightly(config: NightlyConfig) -> RunManifest:
                  config.output, bundle.model_id, config.chunk_rows)
         try:
             mark_interrupted(manifest_dir, config.output, exclude_run=run_id, storage_options=config.storage_options)
-            _run(config, key, manifest, source, bundle.path, classifier_config, ray_options, staging)
+            _run(config, key, manifest, source, bundle.path, classifier_config, ray_options, staging,
+                 progress=progress, quiet=quiet)
             manifest.status = "completed"
         except BaseException as exc:
             manifest.status, manifest.error = "failed", f"{type(exc).__name__}: {exc}"
@@ -124,7 +127,7 @@ def run_nightly(config: NightlyConfig) -> RunManifest:
 
 
 def _run(config: NightlyConfig, key: str, manifest: RunManifest, source: InputSource, model_path: Path,
-         classifier_config, ray_options, staging: Path) -> None:
+         classifier_config, ray_options, staging: Path, *, progress: bool = False, quiet: bool = False) -> None:
     schema = output_schema(source, keep_probabilities=config.keep_probabilities)
     sink = DeltaSink(config.output, key, schema, run_id=manifest.run_id, storage_options=config.storage_options)
     clean_stale_staging(staging.parent, keep=staging.name)
@@ -150,7 +153,8 @@ def _run(config: NightlyConfig, key: str, manifest: RunManifest, source: InputSo
         stage_rows(source, selection, staging, text_col=config.text_col, rows_per_file=config.chunk_rows)
         del selection
         start = time.perf_counter()
-        _classify_and_commit(config, manifest, sink, model_path, classifier_config, ray_options, staging, divisions)
+        _classify_and_commit(config, manifest, sink, model_path, classifier_config, ray_options, staging, divisions,
+                             progress=progress, quiet=quiet)
         elapsed = time.perf_counter() - start
         manifest.rows_per_second = round(counts.classified / elapsed, 2) if elapsed > 0 else None
     else:
@@ -172,15 +176,18 @@ def _run(config: NightlyConfig, key: str, manifest: RunManifest, source: InputSo
 
 
 def _classify_and_commit(config: NightlyConfig, manifest: RunManifest, sink: DeltaSink, model_path: Path,
-                        classifier_config, ray_options, staging: Path, divisions: Counter[str]) -> None:
+                        classifier_config, ray_options, staging: Path, divisions: Counter[str], *,
+                        progress: bool, quiet: bool) -> None:
     import ray
 
-    from soi_batch.ray_data import init_ray
+    from soi_batch.ray_data import init_ray, start_row_counter
 
     own_ray = not ray.is_initialized()
-    init_ray(config.ray_address, num_cpus=config.ray_num_cpus, object_store_memory=config.ray_object_store_memory)
+    init_ray(config.ray_address, num_cpus=config.ray_num_cpus, object_store_memory=config.ray_object_store_memory,
+             quiet=quiet)
     try:
-        _commit_chunks(config, manifest, sink, model_path, classifier_config, ray_options, staging, divisions)
+        counter = start_row_counter() if progress else None
+        _commit_chunks(config, manifest, sink, model_path, classifier_config, ray_options, staging, divisions, counter)
     finally:
         if own_ray:
             # End the Ray session this run started (or connected) while Python is fully alive. Left to
@@ -192,19 +199,20 @@ def _classify_and_commit(config: NightlyConfig, manifest: RunManifest, sink: Del
 
 
 def _commit_chunks(config: NightlyConfig, manifest: RunManifest, sink: DeltaSink, model_path: Path,
-                   classifier_config, ray_options, staging: Path, divisions: Counter[str]) -> None:
+                   classifier_config, ray_options, staging: Path, divisions: Counter[str], counter=None) -> None:
     import ray.data
 
-    from soi_batch.ray_data import classify_dataset
+    from soi_batch.ray_data import classify_dataset, row_progress
 
     # blocks of chunk_rows rows: each actor task then returns about one chunk's results, so commits
     # follow classification (one huge read block would be classified whole before any commit)
     ds = ray.data.read_parquet(absolute_uri(staging)).repartition(target_num_rows_per_block=config.chunk_rows)
     ds = classify_dataset(ds, text_col=config.text_col, model=model_path, config=classifier_config,
-                          run_id=manifest.run_id, keep_probabilities=config.keep_probabilities, options=ray_options)
+                          run_id=manifest.run_id, keep_probabilities=config.keep_probabilities, options=ray_options,
+                          row_counter=counter)
     ds.context.enable_progress_bars = config.ray_progress_bars  # this run's Datasets only, not the process's
     counts = manifest.counts
-    with tqdm(total=counts.selected, unit="rows", desc="classified+committed", dynamic_ncols=True) as bar:
+    with row_progress(counter, total=counts.selected):
         for chunk in ds.iter_batches(batch_size=config.chunk_rows, batch_format="pyarrow", prefetch_batches=1):
             result = sink.commit(chunk)
             errors = chunk.num_rows - chunk.column("error").null_count
@@ -220,4 +228,3 @@ def _commit_chunks(config: NightlyConfig, manifest: RunManifest, sink: DeltaSink
             log.info("chunk %d: %d rows (%d errors) → %s v%d (%d inserted, %d updated, %d commit(s) in %.2f s)",
                      manifest.chunks_committed, chunk.num_rows, errors, sink.uri, result.version, result.inserted,
                      result.updated, result.commits, result.seconds)
-            bar.update(chunk.num_rows)
