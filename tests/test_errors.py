@@ -289,7 +289,7 @@ def test_nightly_job_exits_2_on_bad_settings_and_1_on_another_writer(tmp_path: P
     assert main([*paths, "--chunk-rows", "0"]) == 2
     assert "chunk_rows=0: Input should be greater than or equal to 1" in capsys.readouterr().err
 
-    def another_writer_committed(config: NightlyConfig) -> None:
+    def another_writer_committed(config: NightlyConfig, **run_options: object) -> None:
         raise ConcurrentWriteError(f"{config.output}: another writer committed to the table")
 
     monkeypatch.setattr(soi_batch.nightly, "run_nightly", another_writer_committed)
