@@ -165,6 +165,34 @@ def _check_accelerator(accelerator_type: str) -> None:
                           f"(it has {have or 'none'}); use one of those, or leave accelerator_type unset")
 
 
+def _started_here() -> bool:
+    """True when this process started the Ray cluster (``ray.init()`` without an address): a
+    cluster of fixed size that no autoscaler will grow."""
+    import ray._private.worker as ray_worker  # no public API tells a cluster this driver started
+
+    return bool(getattr(getattr(ray_worker, "_global_node", None), "head", False))
+
+
+def _check_cpus_left(first_actors: int, cpus_per_actor: float) -> None:
+    """Ray Data's read, split and write tasks need a CPU the actors have not reserved, or the run
+    waits forever with its actors idle.  An error on a cluster this process started (it cannot
+    grow), a WARNING on any other (an autoscaler may add nodes)."""
+    cpus = _cluster_resources().get("CPU", 0.0)
+    reserved = first_actors * cpus_per_actor
+    if reserved + 1 <= cpus:
+        return
+    problem = (f"the Ray cluster has {cpus:g} CPU(s) and the classify actors reserve {reserved:g} of them "
+               f"({first_actors} actor(s) × {cpus_per_actor:g} CPU): Ray Data's read and write tasks need "
+               f"1 CPU more, or the run waits forever")
+    if not _started_here():
+        log.warning("%s, unless the cluster scales up", problem)
+        return
+    raise ConfigError(f"{problem}. Give the local Ray more CPUs (--ray-num-cpus, ray.init(num_cpus=…)), or start "
+                      f"fewer actors or reserve less per actor (--num-actors / --cpus-per-actor; the nightly config's "
+                      f"ray: num_actors / cpus_per_actor; RayOptions) so that at most {max(cpus - 1, 0):g} CPU(s) "
+                      f"are reserved (0 per actor is allowed: the actors then share the CPUs)")
+
+
 def classify_dataset(ds: Any, *, text_col: str, model: str | Path | None = None,
                      config: ClassifierConfig | None = None, run_id: str | None = None,
                      keep_probabilities: bool = False, options: RayOptions | None = None,
@@ -177,7 +205,9 @@ def classify_dataset(ds: Any, *, text_col: str, model: str | Path | None = None,
     (``ray.init()``); this function does not start it.  The model bundle, ``text_col`` (present,
     string), that no column is named like a result column (case-insensitively, prefix included;
     :func:`~soi_batch.tables.check_result_names`), the settings against the actors' device and
-    ``options.accelerator_type`` against the cluster are checked here, before the Dataset runs.
+    ``options.accelerator_type`` against the cluster are checked here, before the Dataset runs, and
+    so is that the actors leave a CPU for Ray Data's read and write tasks (an error on a local Ray
+    this process started, a WARNING on a cluster that may scale up).
 
     ``run_id``: stored in every row's ``run_id`` column (None: a new uuid4 hex, logged).
     ``column_prefix``: put before every result column's name (e.g. ``"soi_"`` gives
@@ -212,6 +242,7 @@ def classify_dataset(ds: Any, *, text_col: str, model: str | Path | None = None,
     else:
         pool = max(1, int(_cluster_gpus() // gpus)) if gpus else 1
     most = pool[1] if isinstance(pool, tuple) else pool
+    _check_cpus_left(pool[0] if isinstance(pool, tuple) else pool, options.cpus_per_actor)
     if config.device == "auto":  # the actors' device, so settings that make no sense there fail now
         config = replace(config, device="cuda" if gpus else "cpu")
     batch_size = options.batch_size

@@ -88,6 +88,39 @@ def test_classify_dataset_checks_accelerator_type_against_the_cluster(tiny_bundl
         classify_dataset(ds, text_col="Final Narrative", model=tiny_bundle, options=RayOptions(accelerator_type="H100"))
 
 
+def test_classify_dataset_refuses_actors_that_leave_no_cpu_for_reads_on_a_local_ray(tiny_bundle: Path, osha,
+                                                                                     ray_local) -> None:
+    """The session's local Ray has 2 CPUs: two actors of 1 CPU would leave Ray Data's read tasks
+    none and the run would wait forever (found: ``--ray-num-cpus 1`` hung the nightly job for 10
+    minutes). Refused before the Dataset runs; half a CPU each leaves one, and runs."""
+    import ray.data
+
+    from soi_batch.ray_data import RayOptions, classify_dataset
+
+    ds = ray.data.from_pandas(osha[["ID", "Final Narrative"]].iloc[:6])
+    with pytest.raises(ConfigError, match=r"the Ray cluster has 2 CPU\(s\) and the classify actors reserve 2 of them "
+                                          r"\(2 actor\(s\) × 1 CPU\).*--ray-num-cpus.*--num-actors.*--cpus-per-actor"):
+        classify_dataset(ds, text_col="Final Narrative", model=tiny_bundle, options=RayOptions(num_actors=2))
+    with pytest.raises(ConfigError, match=r"reserve 3 of them \(3 actor\(s\) × 1 CPU\)"):
+        classify_dataset(ds, text_col="Final Narrative", model=tiny_bundle, options=RayOptions(concurrency=(3, 4)))
+    out = classify_dataset(ds, text_col="Final Narrative", model=tiny_bundle,
+                           options=RayOptions(num_actors=2, cpus_per_actor=0.5)).to_pandas()
+    assert len(out) == 6 and out["error"].isna().all()
+
+
+def test_a_cluster_that_may_scale_up_gets_a_warning_not_an_error(monkeypatch, caplog, ray_local) -> None:
+    """A cluster this process did not start (``ray.init(address=…)``) may add nodes: warned, not refused."""
+    import soi_batch.ray_data as ray_data
+
+    monkeypatch.setattr(ray_data, "_started_here", lambda: False)
+    with caplog.at_level("WARNING", logger="soi_batch.ray_data"):
+        ray_data._check_cpus_left(2, 1.0)
+    assert "reserve 2 of them" in caplog.text and "unless the cluster scales up" in caplog.text
+    monkeypatch.undo()
+    assert ray_data._started_here()  # the session's Ray was started by this process
+    ray_data._check_cpus_left(1, 1.0)  # 1 of 2 reserved: room for reads
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"concurrency": 0}, "concurrency must be"),
     ({"concurrency": (3, 2)}, "concurrency must be"),
