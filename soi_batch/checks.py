@@ -15,27 +15,32 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from soi_batch.bundle import is_hub_id, load_bundle
+from soi_batch.bundle import ModelBundle, is_hub_id, load_bundle
 from soi_batch.encoding import PromptEncoder
 from soi_batch.errors import ConfigError, InputSchemaError
 from soi_batch.storage import StorageOptions, arrow_filesystem, is_uri, local_path
 from soi_batch.tables import OUTPUT_FORMATS, WRITE_MODES, WriteMode, is_delta_table, is_text_type
 
 
-def model_for_workers(model: str | Path | None, cache_dir: Path | None = None) -> str:
+def model_for_workers(model: str | Path | ModelBundle | None, cache_dir: Path | None = None) -> str:
     """Validate the bundle on the driver and name it for workers.
 
     :func:`~soi_batch.bundle.load_bundle`'s checks (files, manifest, prompt, tensor names and
-    shapes from the headers; no weights), then the tokenizer is loaded once to check the label
-    contract (one token per digit, an EOS token), so no worker fails on it later.
+    shapes from the headers; no weights; skipped for a :class:`~soi_batch.bundle.ModelBundle`,
+    which ``load_bundle`` made), then the tokenizer is loaded once to check the label contract
+    (one token per digit, an EOS token), so no worker fails on it later.
     A named model (None: the default) is built into ``cache_dir`` here, once, and passed as its
     directory, like a local directory (absolute); a hub id stays a hub id, so each worker fetches it
     into its own cache.  Raises :class:`~soi_batch.errors.BundleError` or
     :class:`~soi_batch.errors.TokenizerError` naming the bundle.
     """
-    bundle = load_bundle(model, cache_dir)
+    if isinstance(model, ModelBundle):
+        bundle, reference = model, str(model.path)
+    else:
+        bundle = load_bundle(model, cache_dir)
+        reference = str(model) if is_hub_id(model) else str(bundle.path)
     PromptEncoder.check_tokenizer(bundle)
-    return str(model) if is_hub_id(model) else str(bundle.path)
+    return reference
 
 
 def require_dataset_text(ds: Any, text_col: str) -> None:

@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 from tqdm.auto import tqdm
 
+from soi_batch.bundle import ModelBundle
 from soi_batch.checks import model_for_workers, require_dataset_text
 from soi_batch.classifier import Classifier, ClassifierConfig
 from soi_batch.engines.threads import set_torch_threads
@@ -193,15 +194,16 @@ def _check_cpus_left(first_actors: int, cpus_per_actor: float) -> None:
                       f"are reserved (0 per actor is allowed: the actors then share the CPUs)")
 
 
-def classify_dataset(ds: Any, *, text_col: str, model: str | Path | None = None,
+def classify_dataset(ds: Any, *, text_col: str, model: str | Path | ModelBundle | None = None,
                      config: ClassifierConfig | None = None, run_id: str | None = None,
                      keep_probabilities: bool = False, options: RayOptions | None = None,
                      cache_dir: Path | None = None, column_prefix: str = "",
                      row_counter: Any = None) -> Any:
     """``ds`` (a ``ray.data.Dataset``) with the result columns appended, lazily.
 
-    ``model`` (a name, bundle directory or hub id) is resolved on the driver: a named model is built
-    once into ``cache_dir`` and every actor loads the same directory.  Ray must already be initialised
+    ``model`` (a name, bundle directory or hub id, or a :class:`~soi_batch.bundle.ModelBundle`
+    from :func:`~soi_batch.bundle.load_bundle`, not checked again) is resolved on the driver: a named
+    model is built once into ``cache_dir`` and every actor loads the same directory.  Ray must already be initialised
     (``ray.init()``); this function does not start it.  The model bundle, ``text_col`` (present,
     string), that no column is named like a result column (case-insensitively, prefix included;
     :func:`~soi_batch.tables.check_result_names`), the settings against the actors' device and

@@ -234,6 +234,22 @@ def test_tokenizer_without_eos_is_refused_on_the_driver(bundle):
         model_for_workers(bundle)
 
 
+def test_a_checked_bundle_is_not_checked_again_but_its_tokenizer_is(bundle, monkeypatch):
+    """The CLI and the nightly job pass the ModelBundle their ``load_bundle`` made: ``model_for_workers``
+    does not run ``load_bundle`` a second time, and still checks the tokenizer's label contract."""
+    import soi_batch.checks as checks
+
+    checked = load_bundle(bundle)
+    calls = []
+    monkeypatch.setattr(checks, "load_bundle", lambda *a, **k: calls.append(a))
+    assert model_for_workers(checked) == str(checked.path) and calls == []
+    config = json.loads((bundle / "tokenizer_config.json").read_text())
+    del config["eos_token"]
+    (bundle / "tokenizer_config.json").write_text(json.dumps(config))
+    with pytest.raises(TokenizerError, match="the tokenizer has no EOS token"):
+        model_for_workers(checked)
+
+
 def test_hub_cache_snapshot_links_into_its_blobs_are_accepted(tmp_path):
     """huggingface_hub's cache layout: snapshots/REV/FILE → ../../blobs/HASH, outside the snapshot folder."""
     repo = tmp_path / "hub" / "models--org--soi-mini"

@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     quiet_ray_data_console(verbose)
     counter = start_row_counter() if progress_wanted(args) else None
     ds = read_dataset(spec)
-    ds = classify_dataset(ds, text_col=args.text_col, model=bundle.path, config=config, run_id=run_id,
+    ds = classify_dataset(ds, text_col=args.text_col, model=bundle, config=config, run_id=run_id,
                           keep_probabilities=args.keep_probabilities,
                           options=RayOptions(num_actors=args.num_actors, cpus_per_actor=args.cpus_per_actor),
                           row_counter=counter)

@@ -29,7 +29,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from soi_batch.bundle import load_bundle
+from soi_batch.bundle import ModelBundle, load_bundle
 from soi_batch.nightly.config import NightlyConfig
 from soi_batch.nightly.keys import key_column
 from soi_batch.nightly.manifest import Counts, RunManifest, distribution, previous_manifest, total_variation
@@ -104,7 +104,7 @@ def run_nightly(config: NightlyConfig, *, progress: bool = False, quiet: bool = 
                  config.output, bundle.model_id, config.chunk_rows)
         try:
             mark_interrupted(manifest_dir, config.output, exclude_run=run_id, storage_options=config.storage_options)
-            _run(config, key, manifest, source, bundle.path, classifier_config, ray_options, staging,
+            _run(config, key, manifest, source, bundle, classifier_config, ray_options, staging,
                  progress=progress, quiet=quiet)
             manifest.status = "completed"
         except BaseException as exc:
@@ -126,7 +126,7 @@ def run_nightly(config: NightlyConfig, *, progress: bool = False, quiet: bool = 
     return manifest
 
 
-def _run(config: NightlyConfig, key: str, manifest: RunManifest, source: InputSource, model_path: Path,
+def _run(config: NightlyConfig, key: str, manifest: RunManifest, source: InputSource, bundle: ModelBundle,
          classifier_config, ray_options, staging: Path, *, progress: bool = False, quiet: bool = False) -> None:
     schema = output_schema(source, keep_probabilities=config.keep_probabilities)
     sink = DeltaSink(config.output, key, schema, run_id=manifest.run_id, storage_options=config.storage_options)
@@ -153,7 +153,7 @@ def _run(config: NightlyConfig, key: str, manifest: RunManifest, source: InputSo
         stage_rows(source, selection, staging, text_col=config.text_col, rows_per_file=config.chunk_rows)
         del selection
         start = time.perf_counter()
-        _classify_and_commit(config, manifest, sink, model_path, classifier_config, ray_options, staging, divisions,
+        _classify_and_commit(config, manifest, sink, bundle, classifier_config, ray_options, staging, divisions,
                              progress=progress, quiet=quiet)
         elapsed = time.perf_counter() - start
         manifest.rows_per_second = round(counts.classified / elapsed, 2) if elapsed > 0 else None
@@ -175,7 +175,7 @@ def _run(config: NightlyConfig, key: str, manifest: RunManifest, source: InputSo
                  manifest.label_shift_tvd, manifest.label_shift_tvd_table)
 
 
-def _classify_and_commit(config: NightlyConfig, manifest: RunManifest, sink: DeltaSink, model_path: Path,
+def _classify_and_commit(config: NightlyConfig, manifest: RunManifest, sink: DeltaSink, bundle: ModelBundle,
                         classifier_config, ray_options, staging: Path, divisions: Counter[str], *,
                         progress: bool, quiet: bool) -> None:
     import ray
@@ -187,7 +187,7 @@ def _classify_and_commit(config: NightlyConfig, manifest: RunManifest, sink: Del
              quiet=quiet)
     try:
         counter = start_row_counter() if progress else None
-        _commit_chunks(config, manifest, sink, model_path, classifier_config, ray_options, staging, divisions, counter)
+        _commit_chunks(config, manifest, sink, bundle, classifier_config, ray_options, staging, divisions, counter)
     finally:
         if own_ray:
             # End the Ray session this run started (or connected) while Python is fully alive. Left to
@@ -198,7 +198,7 @@ def _classify_and_commit(config: NightlyConfig, manifest: RunManifest, sink: Del
             ray.shutdown()
 
 
-def _commit_chunks(config: NightlyConfig, manifest: RunManifest, sink: DeltaSink, model_path: Path,
+def _commit_chunks(config: NightlyConfig, manifest: RunManifest, sink: DeltaSink, bundle: ModelBundle,
                    classifier_config, ray_options, staging: Path, divisions: Counter[str], counter=None) -> None:
     import ray.data
 
@@ -207,7 +207,7 @@ def _commit_chunks(config: NightlyConfig, manifest: RunManifest, sink: DeltaSink
     # blocks of chunk_rows rows: each actor task then returns about one chunk's results, so commits
     # follow classification (one huge read block would be classified whole before any commit)
     ds = ray.data.read_parquet(absolute_uri(staging)).repartition(target_num_rows_per_block=config.chunk_rows)
-    ds = classify_dataset(ds, text_col=config.text_col, model=model_path, config=classifier_config,
+    ds = classify_dataset(ds, text_col=config.text_col, model=bundle, config=classifier_config,
                           run_id=manifest.run_id, keep_probabilities=config.keep_probabilities, options=ray_options,
                           row_counter=counter)
     ds.context.enable_progress_bars = config.ray_progress_bars  # this run's Datasets only, not the process's
