@@ -39,3 +39,12 @@ class CalibrationError(SoiError):
 
 class ConcurrentWriteError(SoiError, RuntimeError):
     """Another writer committed to the output table during this run (one writer per table)."""
+
+
+class EngineCallError(SoiError, ValueError):
+    """An engine was called outside its contract (a prompt without the template's prefix, a
+    prefix scored twice): a bug in the caller (the scorer, or a custom engine's user), not in the data."""
+
+
+class NotFittedError(SoiError, RuntimeError):
+    """A model is asked to predict before it was fitted."""

@@ -97,6 +97,16 @@ def test_baseline_learns_and_is_reproducible(parts: dict[str, pd.DataFrame]) -> 
     assert ((first.division_confidence > 0) & (first.division_confidence <= 1 + 1e-9)).all()
 
 
+def test_baseline_used_out_of_order_says_what_to_call() -> None:
+    from soi_batch.errors import ConfigError, NotFittedError
+    from soi_batch.evaluation.baseline import BaselineConfig, TfidfBaseline
+
+    with pytest.raises(NotFittedError, match=r"TfidfBaseline: call fit\(texts, codes\) before predict"):
+        TfidfBaseline(BaselineConfig()).predict(["An employee fell from a ladder."])
+    with pytest.raises(ConfigError, match=r"level_strategy='best' .*pass validation=\(texts, codes\) to fit\(\)"):
+        TfidfBaseline(BaselineConfig(level_strategy="best")).fit(["a fall"], ["66"])
+
+
 def test_baseline_best_strategy_records_its_choice(parts: dict[str, pd.DataFrame]) -> None:
     train = parts["train"].sample(n=1500, random_state=0)
     val = parts["validation"].head(200)

@@ -46,6 +46,25 @@ def test_prefill_and_tree_branches_match_full_forward(parts):
     engine.release(handle)
 
 
+def test_engine_calls_outside_its_contract_are_engine_call_errors(parts):
+    """A prompt without the template's prefix, an empty extend and a prefix asked twice are the
+    caller's bugs: an ``EngineCallError`` (a ``SoiError`` and ``ValueError``) that says which."""
+    from soi_batch.errors import EngineCallError, SoiError
+
+    _, encoder, engine, prompts = parts
+    lab = list(encoder.label_token_ids)
+    with pytest.raises(EngineCallError, match="every prompt must start with the shared template prefix"):
+        engine.prefill([[lab[0]] + prompts[0]])
+    handle, _ = engine.prefill(prompts[:2])
+    with pytest.raises(EngineCallError, match="needs at least one branch"):
+        engine.extend(handle, np.array([], dtype=np.int64), [])
+    engine.extend(handle, np.array([0]), [(lab[8], lab[6])])
+    with pytest.raises(EngineCallError, match="asked only for prefixes scored earlier") as caught:
+        engine.extend(handle, np.array([0]), [(lab[8], lab[6])])
+    assert isinstance(caught.value, (SoiError, ValueError))
+    engine.release(handle)
+
+
 def test_full_trie_probabilities_sum_to_one_and_parents_equal_children(parts):
     bundle, _, engine, prompts = parts
     trie = LabelTrie(bundle.taxonomy.labels)

@@ -22,7 +22,7 @@ import numpy as np
 from soi_batch.bundle import ModelBundle
 from soi_batch.engines.base import Engine, EngineInputs
 from soi_batch.engines.threads import set_torch_threads
-from soi_batch.errors import BundleError, ConfigError
+from soi_batch.errors import BundleError, ConfigError, EngineCallError
 from soi_batch.taxonomy import LABEL_DIGITS, N_LABEL_TOKENS
 
 log = logging.getLogger(__name__)
@@ -243,7 +243,7 @@ class HFEngine(Engine):
         torch = self._torch
         p = len(self._prefix_ids)
         if any(list(ids[:p]) != self._prefix_ids for ids in prompts):
-            raise ValueError("every prompt must start with the shared template prefix")
+            raise EngineCallError("every prompt must start with the shared template prefix")
         n = len(prompts)
         tails = [list(ids[p:]) for ids in prompts]
         width = max(len(t) for t in tails)
@@ -285,7 +285,7 @@ class HFEngine(Engine):
         """Append each branch's missing prefix tokens to its report's sequence and score them."""
         torch = self._torch
         if len(rows) == 0:
-            raise ValueError("extend() needs at least one branch")
+            raise EngineCallError("extend() needs at least one branch")
         first = [self._first_index.get(tuple(prefix)) for prefix in prefixes]
         if all(j is not None for j in first):  # scored in the prefill pass already
             return handle.first_scores[np.asarray(rows), np.asarray(first)]
@@ -299,7 +299,7 @@ class HFEngine(Engine):
                     need.append(key)
         width = max(len(v) for v in new_tokens.values())
         if width == 0:
-            raise ValueError("extend() was asked only for prefixes scored earlier; ask each prefix once")
+            raise EngineCallError("extend() was asked only for prefixes scored earlier; ask each prefix once")
         ids = np.zeros((n, width), dtype=np.int64)
         pos = np.repeat(handle.last_pos.cpu().numpy()[:, None], width, axis=1)
         m_rows, m_cols, m_slots = [], [], []
@@ -326,7 +326,7 @@ class HFEngine(Engine):
         cols = [handle.slots[(row, tuple(prefix))] - s_old for row, prefix in zip(rows.tolist(), prefixes)]
         fresh = np.array([c >= 0 for c in cols])
         if not all(fresh[i] or first[i] is not None for i in range(len(cols))):
-            raise ValueError("extend() was asked for a prefix scored earlier; ask each prefix once")
+            raise EngineCallError("extend() was asked for a prefix scored earlier; ask each prefix once")
         out = np.empty((len(cols), N_LABEL_TOKENS), dtype=np.float32)
         idx = np.flatnonzero(fresh)
         picked = hidden[torch.from_numpy(np.asarray(rows)[idx]).to(self.device),

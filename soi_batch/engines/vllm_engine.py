@@ -29,7 +29,7 @@ import numpy as np
 
 from soi_batch.bundle import ModelBundle
 from soi_batch.engines.base import Engine, EngineInputs
-from soi_batch.errors import BundleError, ConfigError
+from soi_batch.errors import BundleError, ConfigError, EngineCallError
 from soi_batch.taxonomy import LABEL_DIGITS, N_LABEL_TOKENS
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ class VLLMEngine(Engine):
         self.config = config
         self.label_token_ids = tuple(int(t) for t in label_token_ids)
         if len(self.label_token_ids) != N_LABEL_TOKENS:
-            raise ValueError(f"need {N_LABEL_TOKENS} label token ids (digits 0-9 then EOS), got {len(self.label_token_ids)}")
+            raise EngineCallError(f"need {N_LABEL_TOKENS} label token ids (digits 0-9 then EOS), got {len(self.label_token_ids)}")
         path = str(bundle.path if isinstance(bundle, ModelBundle) else bundle)
         kwargs: dict[str, Any] = {
             "model": path, "dtype": config.dtype, "quantization": config.quantization, "skip_tokenizer_init": True,
@@ -171,7 +171,7 @@ class VLLMEngine(Engine):
 
     def extend(self, handle: _Handle, rows: np.ndarray, prefixes: Sequence[Sequence[int]]) -> np.ndarray:
         if len(rows) == 0:
-            raise ValueError("extend() needs at least one branch")
+            raise EngineCallError("extend() needs at least one branch")
         out = np.empty((len(rows), N_LABEL_TOKENS), dtype=np.float32)
         todo: list[int] = []
         for i, (row, prefix) in enumerate(zip(np.asarray(rows).tolist(), prefixes)):

@@ -35,7 +35,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import FeatureUnion
 
 from soi_batch.datasets.osha import load_split
-from soi_batch.errors import ConfigError
+from soi_batch.errors import ConfigError, NotFittedError
 from soi_batch.prompt import normalize_narrative
 
 log = logging.getLogger(__name__)
@@ -106,7 +106,8 @@ class TfidfBaseline:
         """Train on ``texts``/``codes``; ``validation`` is needed for ``level_strategy="best"``."""
         cfg = self.config
         if cfg.level_strategy == "best" and validation is None:
-            raise ValueError("level_strategy='best' needs validation texts and codes to choose on")
+            raise ConfigError("level_strategy='best' chooses the division level on validation data: pass "
+                              "validation=(texts, codes) to fit(), or choose level_strategy='derived' or 'per_level'")
         start = time.perf_counter()
         log.info("TF-IDF baseline: fitting word %s + char_wb %s n-gram features (up to %s each, min_df %d) on %d "
                  "reports", cfg.word_ngrams, cfg.char_ngrams, cfg.max_features, cfg.min_df, len(texts))
@@ -136,8 +137,7 @@ class TfidfBaseline:
         self._models = dict(zip(jobs, fitted))
         log.info("TF-IDF baseline fitted on %d reports, %d features, %d models in %.1fs", len(codes), x.shape[1],
                  len(jobs), time.perf_counter() - start)
-        if cfg.level_strategy == "best":
-            assert validation is not None
+        if cfg.level_strategy == "best" and validation is not None:  # 'best' without validation: refused above
             self._choose(*validation)
         else:
             self._strategy = {"division": cfg.level_strategy}
@@ -164,7 +164,7 @@ class TfidfBaseline:
     # ------------------------------------------------------------------ prediction
     def _features(self, texts: Sequence[str]):
         if self._vectorizer is None:
-            raise RuntimeError("TfidfBaseline.predict called before fit")
+            raise NotFittedError("TfidfBaseline: call fit(texts, codes) before predict")
         return self._vectorizer.transform(_clean(texts))
 
     def _derive(self, major_p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
