@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from soi_batch.engines.quantize import replace_linears
+from soi_batch.engines.quantize import copy_bias, replace_linears, rowwise_scale
 
 FP8_MAX = 448.0
 """Largest finite float8_e4m3fn value."""
@@ -23,16 +23,15 @@ class Float8RowwiseLinear(torch.nn.Module):
     def __init__(self, linear: torch.nn.Linear) -> None:
         super().__init__()
         w = linear.weight.detach().float()
-        scale = w.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / FP8_MAX
+        scale = rowwise_scale(w, FP8_MAX)
         # _scaled_mm wants its second operand column-major: keep W [out, in] and pass W.T.
         self.register_buffer("weight_fp8", (w / scale).to(torch.float8_e4m3fn))
         self.register_buffer("weight_scale", scale.reshape(1, -1).contiguous())
-        self.bias = None if linear.bias is None else torch.nn.Parameter(linear.bias.detach(), requires_grad=False)
-        self.in_features, self.out_features = linear.in_features, linear.out_features
+        copy_bias(self, linear)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
-        scale = rows.abs().amax(dim=1, keepdim=True).float().clamp(min=1e-12) / FP8_MAX
+        scale = rowwise_scale(rows, FP8_MAX)
         x8 = (rows.float() / scale).to(torch.float8_e4m3fn)
         y = torch._scaled_mm(x8, self.weight_fp8.t(), scale_a=scale, scale_b=self.weight_scale,
                              bias=self.bias, out_dtype=x.dtype)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from soi_batch.engines.quantize import replace_linears
+from soi_batch.engines.quantize import copy_bias, replace_linears, rowwise_scale
 
 INT8_MAX = 127.0
 
@@ -30,14 +30,13 @@ class Int8DynamicLinear(torch.nn.Module):
     def __init__(self, linear: torch.nn.Linear) -> None:
         super().__init__()
         w = linear.weight.detach().float()
-        scale = w.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / INT8_MAX
+        scale = rowwise_scale(w, INT8_MAX)
         q = torch.round(w / scale).clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
         self.register_buffer("weight_int8_t", q.t().contiguous())
         """[in, out] int8: the second operand of ``torch._int_mm``, row-major."""
         self.register_buffer("weight_scale", scale.reshape(1, -1).contiguous())
         """[1, out] float32."""
-        self.bias = None if linear.bias is None else torch.nn.Parameter(linear.bias.detach(), requires_grad=False)
-        self.in_features, self.out_features = linear.in_features, linear.out_features
+        copy_bias(self, linear)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
