@@ -48,6 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from soi_batch.classifier import Classifier, ClassifierConfig
+from training.options import parse_overrides, route_overrides
 from soi_batch.datasets.osha import load_split
 
 
@@ -88,20 +89,18 @@ _ENGINE_KEYS = {"num_threads", "quantization", "dtype", "compile"}
 def parse_variant(spec: str) -> dict[str, Any]:
     """``NAME:key=value,...`` → {"name", "config": {...}, "engine_options": {...}}."""
     name, _, rest = spec.partition(":")
-    config: dict[str, Any] = {}
-    engine: dict[str, Any] = {}
-    for item in filter(None, rest.split(",")):
-        key, _, raw = item.partition("=")
-        value: Any = {"none": None, "true": True, "false": False}.get(raw.lower(), raw)
-        if isinstance(value, str) and value.lstrip("-").isdigit():
-            value = int(value)
-        if key in _CLASSIFIER_KEYS:
-            config[key] = value
-        elif key in _ENGINE_KEYS:
-            engine[key] = value
-        else:
-            raise SystemExit(f"variant {spec!r}: unknown key {key!r}; known: {sorted(_CLASSIFIER_KEYS | _ENGINE_KEYS)}")
-    return {"name": name, "config": config, "engine_options": engine}
+    values = parse_overrides(list(filter(None, rest.split(","))), parse_value=_variant_value)
+    routed = route_overrides(values, {"config": _CLASSIFIER_KEYS, "engine_options": _ENGINE_KEYS},
+                             what=f"variant {spec!r}")
+    return {"name": name, **routed}
+
+
+def _variant_value(raw: str) -> Any:
+    """none/true/false, whole numbers, else the string (e.g. ``quantization=int8``)."""
+    words = {"none": None, "true": True, "false": False}
+    if raw.lower() in words:
+        return words[raw.lower()]
+    return int(raw) if raw.lstrip("-").isdigit() else raw
 
 
 def run_variant(model: str | None, variant: dict[str, Any], texts: list[str], repeats: int, warmup_rows: int,

@@ -31,3 +31,15 @@ def parse_overrides(items: list[str], *, parse_value: Callable[[str], Any] = ast
         except (ValueError, SyntaxError):  # json.JSONDecodeError is a ValueError
             out[key] = raw
     return out
+
+
+def route_overrides(values: dict[str, Any], groups: dict[str, set[str]], *, what: str) -> dict[str, dict[str, Any]]:
+    """Split ``{key: value}`` overrides by the group whose keys hold each key; an unknown key stops
+    the run with ``what`` (the option or variant it came from) and every known key."""
+    routed: dict[str, dict[str, Any]] = {group: {} for group in groups}
+    for key, value in values.items():
+        group = next((g for g, keys in groups.items() if key in keys), None)
+        if group is None:
+            raise SystemExit(f"{what}: unknown key {key!r}; known: {sorted(set().union(*groups.values()))}")
+        routed[group][key] = value
+    return routed

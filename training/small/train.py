@@ -34,7 +34,7 @@ from soi_batch.encoding import PromptEncoder
 from soi_batch.prompt import PromptTemplate
 from training.axolotl_args import SMOLLM2_135M_LORA, AxolotlRecipe
 from training.mini.data import pad
-from training.options import add_run_options, parse_overrides
+from training.options import add_run_options, parse_overrides, route_overrides
 
 log = logging.getLogger(__name__)
 MAX_PROMPT_TOKENS = 512
@@ -72,16 +72,9 @@ def with_overrides(cfg: SmallTrainConfig, items: list[str]) -> SmallTrainConfig:
     """``key=value`` overrides of the config's or the recipe's fields (values parsed as JSON)."""
     own = {f.name for f in fields(SmallTrainConfig)} - {"recipe", "extra"}
     recipe_keys = {f.name for f in fields(AxolotlRecipe)}
-    mine: dict[str, Any] = {}
-    recipe: dict[str, Any] = {}
-    for key, value in parse_overrides(items, parse_value=json.loads).items():
-        if key in own:
-            mine[key] = value
-        elif key in recipe_keys:
-            recipe[key] = value
-        else:
-            raise SystemExit(f"--set {key}: unknown; settings are {sorted(own | recipe_keys)}")
-    return replace(cfg, recipe=replace(cfg.recipe, **recipe), **mine)
+    routed = route_overrides(parse_overrides(items, parse_value=json.loads), {"own": own, "recipe": recipe_keys},
+                             what="--set")
+    return replace(cfg, recipe=replace(cfg.recipe, **routed["recipe"]), **routed["own"])
 
 
 @dataclass
