@@ -8,11 +8,13 @@ data fingerprint, Axolotl config).  Needs the ``train`` extra (peft).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 from pathlib import Path
 
 from soi_batch.bundle import load_bundle, write_manifest
+from soi_batch.commands.options import add_progress_option, progress_wanted
 from soi_batch.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -36,18 +38,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-data", default="osha-sir", help="labelled data for --evaluate (default: %(default)s, test split)")
     p.add_argument("--eval-limit", type=int, default=None, help="evaluate a seeded sample of N reports")
     p.add_argument("--eval-report", default=None, help="report directory (default: BUNDLE-eval)")
+    add_progress_option(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        from soi_batch.packaging import PackageConfig, package
-    except ImportError as exc:  # training/ is part of the repository, not of the installed wheel
-        raise ConfigError(
-            f"soi-batch package needs the repository's training/ package and peft ({exc}); run it from the "
-            "soi-batch checkout with the train extra installed: pip install -e '.[train]'"
-        ) from exc
+    from soi_batch.packaging import PackageConfig, package
 
+    if importlib.util.find_spec("peft") is None:  # checked before the base model loads
+        raise ConfigError("soi-batch package merges the adapter with peft, which is not installed: "
+                          "pip install 'soi-batch[train]' (or pip install -e '.[train]' in a checkout)")
     cfg = PackageConfig(
         model_id=args.model_id, model_version=args.model_version, dtype=args.dtype, device=args.device,
         axolotl_config=Path(args.axolotl_config) if args.axolotl_config else None,
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
 
         report = Path(args.eval_report or f"{Path(args.out).resolve()}-eval")
         evaluate(EvaluationConfig(data=args.eval_data, model=str(bundle.path), limit=args.eval_limit,
-                                  baseline=False), report)
+                                  baseline=False), report, progress=progress_wanted(args))
         result = json.loads((report / "metrics.json").read_text(encoding="utf-8"))
         manifest = bundle.manifest.model_copy(update={"metrics": {
             "evaluated_on": result.get("data", {}).get("description"), "n": result.get("n"),
