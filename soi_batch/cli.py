@@ -7,7 +7,9 @@ import importlib
 import sys
 
 from soi_batch.commands.options import add_logging_options, configure_logging
+from soi_batch import __version__
 from soi_batch.errors import ConcurrentWriteError, SoiError
+from soi_batch.named_models import DEFAULT_MODEL
 
 COMMANDS = ("classify", "evaluate", "calibrate", "trends", "nightly", "package")
 
@@ -17,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="soi-batch",
         description="Code accident reports with their OIICS v2.01 source of injury.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__} (default model: {DEFAULT_MODEL})")
     add_logging_options(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:

@@ -40,6 +40,16 @@ def _options_section(help_text: str) -> str:
     return help_text[help_text.index("\n\n"):]
 
 
+def test_version_names_the_package_version_and_the_default_model(capsys) -> None:
+    from soi_batch import __version__
+    from soi_batch.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"soi-batch {__version__} (default model: soi-mini)"
+
+
 def test_nightly_script_and_subcommand_have_the_same_options() -> None:
     script, sub = _run(str(NIGHTLY_SCRIPT), "--help"), _run("-m", "soi_batch", "nightly", "--help")
     assert script.returncode == sub.returncode == 0, script.stderr + sub.stderr
