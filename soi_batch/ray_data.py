@@ -66,8 +66,11 @@ class RayOptions:
     gpus_per_actor: float | None = None
     """None: 1 when the cluster has GPUs (or ``accelerator_type`` is set) and the engine is not
     forced to CPU, else 0."""
-    cpus_per_actor: float = 1.0
-    """Ray CPU resources each actor reserves (leave some for the read and write tasks)."""
+    cpus_per_actor: float | None = None
+    """Ray CPU resources each actor reserves.  None: 1, except on a local Ray this process started
+    with too few CPUs for that, where the actors share what is left after one CPU for Ray Data's
+    read and write tasks (0 each on a 1-CPU Ray).  A number is used as given, and refused when it
+    leaves the read tasks no CPU on such a Ray."""
     torch_threads: int | None = None
     """torch threads in each CPU actor (None: this machine's cores / actors)."""
     batch_size: int | None = None
@@ -89,7 +92,8 @@ class RayOptions:
                 raise ConfigError(f"{name} must be a whole number ≥ 1, or None for the default; got {value!r}")
         if self.gpus_per_actor is not None:
             _check_resource("gpus_per_actor", self.gpus_per_actor, ", or None for the default")
-        _check_resource("cpus_per_actor", self.cpus_per_actor)
+        if self.cpus_per_actor is not None:
+            _check_resource("cpus_per_actor", self.cpus_per_actor, ", or None for the default")
         if self.concurrency is not None:
             if self.num_actors is not None:
                 raise ConfigError(f"set concurrency ({self.concurrency!r}) or num_actors ({self.num_actors}), not both")
@@ -174,6 +178,21 @@ def _started_here() -> bool:
     return bool(getattr(getattr(ray_worker, "_global_node", None), "head", False))
 
 
+def _cpus_per_actor(first_actors: int, chosen: float | None) -> float:
+    """``chosen``, checked by :func:`_check_cpus_left`; None: 1, or on a local Ray this process started
+    with fewer than ``first_actors`` + 1 CPUs an equal share of all but one of them."""
+    if chosen is not None:
+        _check_cpus_left(first_actors, chosen)
+        return chosen
+    cpus = _cluster_resources().get("CPU", 0.0)
+    if first_actors + 1 <= cpus or not _started_here():
+        return 1.0
+    share = max(cpus - 1, 0.0) / first_actors
+    log.info("the local Ray has %g CPU(s): each of the %d classify actor(s) reserves %.2g of them, so that one is "
+             "left for Ray Data's read and write tasks", cpus, first_actors, share)
+    return share
+
+
 def _check_cpus_left(first_actors: int, cpus_per_actor: float) -> None:
     """Ray Data's read, split and write tasks need a CPU the actors have not reserved, or the run
     waits forever with its actors idle.  An error on a cluster this process started (it cannot
@@ -208,8 +227,9 @@ def classify_dataset(ds: Any, *, text_col: str, model: str | Path | ModelBundle 
     string), that no column is named like a result column (case-insensitively, prefix included;
     :func:`~soi_batch.tables.check_result_names`), the settings against the actors' device and
     ``options.accelerator_type`` against the cluster are checked here, before the Dataset runs, and
-    so is that the actors leave a CPU for Ray Data's read and write tasks (an error on a local Ray
-    this process started, a WARNING on a cluster that may scale up).
+    so is that the actors leave a CPU for Ray Data's read and write tasks (``cpus_per_actor`` None
+    sees to it on a local Ray; a number that does not is an error on a local Ray this process
+    started, a WARNING on a cluster that may scale up).
 
     ``run_id``: stored in every row's ``run_id`` column (None: a new uuid4 hex, logged).
     ``column_prefix``: put before every result column's name (e.g. ``"soi_"`` gives
@@ -244,7 +264,7 @@ def classify_dataset(ds: Any, *, text_col: str, model: str | Path | ModelBundle 
     else:
         pool = max(1, int(_cluster_gpus() // gpus)) if gpus else 1
     most = pool[1] if isinstance(pool, tuple) else pool
-    _check_cpus_left(pool[0] if isinstance(pool, tuple) else pool, options.cpus_per_actor)
+    cpus = _cpus_per_actor(pool[0] if isinstance(pool, tuple) else pool, options.cpus_per_actor)
     if config.device == "auto":  # the actors' device, so settings that make no sense there fail now
         config = replace(config, device="cuda" if gpus else "cpu")
     batch_size = options.batch_size
@@ -254,7 +274,7 @@ def classify_dataset(ds: Any, *, text_col: str, model: str | Path | ModelBundle 
         run_id = uuid.uuid4().hex
     log.info("Ray Data run %s: %s actor(s), %.2g GPU%s and %.2g CPU each, batches of %d rows", run_id,
              f"{pool[0]}..{pool[1]}" if isinstance(pool, tuple) else pool, gpus,
-             f" ({options.accelerator_type})" if options.accelerator_type else "", options.cpus_per_actor, batch_size)
+             f" ({options.accelerator_type})" if options.accelerator_type else "", cpus, batch_size)
     from ray.data import ActorPoolStrategy
 
     # Ray hands an actor whole blocks, and a Parquet row group (a whole file, from some writers) is
@@ -274,7 +294,7 @@ def classify_dataset(ds: Any, *, text_col: str, model: str | Path | ModelBundle 
         batch_size=batch_size,
         compute=compute,
         num_gpus=gpus,
-        num_cpus=options.cpus_per_actor,
+        num_cpus=cpus,
         accelerator_type=options.accelerator_type,
     )  # Ray Data's actor pools restart dead actors and retry their batches by default
 

@@ -208,7 +208,7 @@ def test_metric_inputs_are_checked_with_soi_errors() -> None:
     ("num_actors", 0, r"num_actors must be a whole number ≥ 1, or None for the default; got 0"),
     ("batch_size", 0, r"batch_size must be a whole number ≥ 1, or None for the default; got 0"),
     ("torch_threads", -1, r"torch_threads must be .*; got -1"),
-    ("cpus_per_actor", -0.5, r"cpus_per_actor must be a number ≥ 0 \(Ray resources each actor reserves\); got -0.5"),
+    ("cpus_per_actor", -0.5, r"cpus_per_actor must be a number ≥ 0 \(Ray resources each actor reserves\), or None for the default; got -0.5"),
     ("gpus_per_actor", math.nan, r"gpus_per_actor must be a number ≥ 0 .*or None for the default; got nan"),
 ])
 def test_ray_options_check_each_setting_up_front(setting: str, value: object, message: str) -> None:

@@ -481,13 +481,14 @@ def test_osha_repeated_ids_are_reported_or_kept_apart_by_a_composite_key(
 @pytest.mark.slow
 def test_a_run_ends_the_ray_session_it_started(tmp_path: Path, osha: pd.DataFrame, tiny_bundle: Path) -> None:
     """A fresh process without Ray: the run stops its own Ray before returning, so nothing of Ray's
-    (its log and error listener threads in C++ calls) is left to the interpreter's exit."""
+    (its log and error listener threads in C++ calls) is left to the interpreter's exit.  Its local
+    Ray has 1 CPU (``ray_num_cpus=1``; before: the actor reserved it and the reads waited forever)."""
     _write(tmp_path / "input", _rows(osha, 0, 40))
     script = f"""
 import threading, ray
 from soi_batch.nightly import NightlyConfig, run_nightly
 m = run_nightly(NightlyConfig(input={str(tmp_path / 'input')!r}, output={str(tmp_path / 'out')!r},
-                              model={str(tiny_bundle)!r}, chunk_rows=20, ray={{"batch_size": 20}}))
+                              model={str(tiny_bundle)!r}, chunk_rows=20, ray={{"batch_size": 20}}, ray_num_cpus=1))
 print("STATUS", m.status, m.counts.classified)
 print("RAY", ray.is_initialized())
 print("THREADS", sorted(t.name for t in threading.enumerate() if t.name.startswith(("ray", "Python"))))

@@ -88,23 +88,27 @@ def test_classify_dataset_checks_accelerator_type_against_the_cluster(tiny_bundl
         classify_dataset(ds, text_col="Final Narrative", model=tiny_bundle, options=RayOptions(accelerator_type="H100"))
 
 
-def test_classify_dataset_refuses_actors_that_leave_no_cpu_for_reads_on_a_local_ray(tiny_bundle: Path, osha,
-                                                                                     ray_local) -> None:
+def test_actors_leave_a_cpu_for_reads_on_a_local_ray(tiny_bundle: Path, osha, ray_local, caplog) -> None:
     """The session's local Ray has 2 CPUs: two actors of 1 CPU would leave Ray Data's read tasks
     none and the run would wait forever (found: ``--ray-num-cpus 1`` hung the nightly job for 10
-    minutes). Refused before the Dataset runs; half a CPU each leaves one, and runs."""
+    minutes). By default the two actors get half a CPU each and the run finishes; a CPU count set by
+    the user that leaves none is refused before the Dataset runs."""
     import ray.data
 
     from soi_batch.ray_data import RayOptions, classify_dataset
 
     ds = ray.data.from_pandas(osha[["ID", "Final Narrative"]].iloc[:6])
     with pytest.raises(ConfigError, match=r"the Ray cluster has 2 CPU\(s\) and the classify actors reserve 2 of them "
-                                          r"\(2 actor\(s\) × 1 CPU\).*--ray-num-cpus.*--num-actors.*--cpus-per-actor"):
-        classify_dataset(ds, text_col="Final Narrative", model=tiny_bundle, options=RayOptions(num_actors=2))
+                                          r"\(2 actor\(s\) × 1 CPU\).*--ray-num-cpus.*--num-actors / --cpus-per-actor"):
+        classify_dataset(ds, text_col="Final Narrative", model=tiny_bundle,
+                         options=RayOptions(num_actors=2, cpus_per_actor=1))
     with pytest.raises(ConfigError, match=r"reserve 3 of them \(3 actor\(s\) × 1 CPU\)"):
-        classify_dataset(ds, text_col="Final Narrative", model=tiny_bundle, options=RayOptions(concurrency=(3, 4)))
-    out = classify_dataset(ds, text_col="Final Narrative", model=tiny_bundle,
-                           options=RayOptions(num_actors=2, cpus_per_actor=0.5)).to_pandas()
+        classify_dataset(ds, text_col="Final Narrative", model=tiny_bundle,
+                         options=RayOptions(concurrency=(3, 4), cpus_per_actor=1.0))
+    with caplog.at_level("INFO", logger="soi_batch.ray_data"):
+        out = classify_dataset(ds, text_col="Final Narrative", model=tiny_bundle,
+                               options=RayOptions(num_actors=2)).to_pandas()
+    assert "each of the 2 classify actor(s) reserves 0.5 of them" in caplog.text
     assert len(out) == 6 and out["error"].isna().all()
 
 

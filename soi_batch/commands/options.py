@@ -154,7 +154,9 @@ def add_ray_options(p: argparse.ArgumentParser, *, from_config: bool = False) ->
     p.add_argument("--ray-address", default=None,
                    help="Ray cluster address, e.g. auto or ray://head:10001 (default: start a local Ray)")
     p.add_argument("--num-actors", type=int, default=None, help="Ray actors (default: one per GPU, or 1 on CPU)")
-    p.add_argument("--cpus-per-actor", type=float, default=1.0, help="Ray CPUs reserved per actor (default: %(default)s)")
+    p.add_argument("--cpus-per-actor", type=float, default=None,
+                   help="Ray CPUs reserved per actor (default: 1, or a share that leaves one CPU of a small local "
+                        "Ray for reading)")
 
 
 def add_storage_options(p: argparse.ArgumentParser) -> None:
