@@ -54,6 +54,9 @@ def _graph() -> dict[str, set[str]]:
 
 
 def _layer(module: str) -> int:
+    if module == "soi_batch":
+        raise AssertionError("a module imports the package root soi_batch, which re-exports every layer; import "
+                             "the module that defines the name instead")
     top = module.split(".")[1]
     if top not in LAYER_OF:
         raise AssertionError(f"{module} is in no layer; add soi_batch.{top} to LAYERS (and to the README)")
