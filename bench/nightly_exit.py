@@ -8,7 +8,9 @@ Each run classifies the first ``--rows`` OSHA SIR reports (a Delta table written
 with the default model on a local Ray into a fresh output table, as cron would start it.  With
 several ``--checkout NAME=DIR`` (other checkouts of this repository, e.g. a patched worktree) the
 runs alternate between them, so that machine load falls on each alike.  Results are written after
-every run (``--out``), so a long run can be stopped and still counts; the table is printed at the end.
+every run (``--out``), so a long run can be stopped (Ctrl-C, ``kill``) and still counts; the table is
+printed at the end.  ``--merge A.json B.json`` prints one table over the runs of several result files
+(e.g. two instances run side by side) and writes them, merged, to ``--out``.
 
     python bench/nightly_exit.py --runs 200 --work /tmp/nightly_exit
     python bench/nightly_exit.py --runs 100 --checkout main=. --checkout patched=/work/wt --work /tmp/ne
@@ -21,6 +23,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -74,10 +77,16 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=120, help="reports each run classifies (default: %(default)s)")
     parser.add_argument("--checkout", action="append", default=None, metavar="NAME=DIR",
                         help="a checkout to run (repeatable; default: this one, as 'this')")
-    parser.add_argument("--work", type=Path, required=True, help="scratch directory (input, outputs)")
+    parser.add_argument("--work", type=Path, default=None, help="scratch directory (input, outputs); needed to run")
     parser.add_argument("--timeout", type=float, default=300, help="seconds before a run counts as hung")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--merge", nargs="+", type=Path, default=None, metavar="JSON",
+                        help="merge these result files into --out and print their table; runs nothing")
     args = parser.parse_args()
+    if args.merge:
+        return merge(args.merge, args.out)
+    if args.work is None:
+        parser.error("--work is needed to run (a scratch directory for the input and the outputs)")
     checkouts = dict(item.split("=", 1) for item in args.checkout) if args.checkout else {"this": str(REPO)}
     checkouts = {name: Path(path).resolve() for name, path in checkouts.items()}
     for name, path in checkouts.items():
@@ -91,6 +100,9 @@ def main() -> None:
               "checkouts": {name: str(path) for name, path in checkouts.items()},
               "runs": {name: [] for name in checkouts}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    # Ctrl-C or `kill` stops it with the runs so far counted (a shell's `cmd &` starts it with SIGINT ignored)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.default_int_handler)
     try:
         for i in range(args.runs):
             for name, path in checkouts.items():
@@ -102,11 +114,32 @@ def main() -> None:
                 print(f"{i + 1}/{args.runs} {name}: exit {run['exit']} in {run['seconds']} s", flush=True)
     except KeyboardInterrupt:
         print("stopped; the runs so far are counted", flush=True)
-    print(f"\n| checkout | runs | exit 0 | exit -6 | other | 'completed' then non-zero | median s |\n|---|---:|---:|---:|---:|---:|---:|")
-    for name, s in result.get("summary", {}).items():
+    print_table(result.get("summary", {}))
+    print(f"\nwritten: {args.out}")
+
+
+def print_table(summaries: dict) -> None:
+    print("\n| checkout | runs | exit 0 | exit -6 | other | 'completed' then non-zero | median s |\n"
+          "|---|---:|---:|---:|---:|---:|---:|")
+    for name, s in summaries.items():
         print(f"| {name} | {s['runs']} | {s['exit_0']} | {s['exit_-6']} | {s['other']} | {s['completed_then_nonzero']} "
               f"| {s['median_seconds']} |")
-    print(f"\nwritten: {args.out}")
+
+
+def merge(paths: list[Path], out: Path) -> None:
+    """Several result files as one: their runs per checkout concatenated, the summary over all."""
+    parts = [json.loads(p.read_text(encoding="utf-8")) for p in paths]
+    runs: dict[str, list] = {}
+    for part in parts:
+        for name, part_runs in part["runs"].items():
+            runs.setdefault(name, []).extend(part_runs)
+    merged = {"script": "bench/nightly_exit.py", "merged_from": [
+        {k: part[k] for k in ("started", "ended", "machine", "rows", "checkouts")} for part in parts],
+        "summary": {name: summary(r) for name, r in runs.items()}, "runs": runs}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(merged, indent=1) + "\n", encoding="utf-8")
+    print_table(merged["summary"])
+    print(f"\nwritten: {out}")
 
 
 if __name__ == "__main__":
