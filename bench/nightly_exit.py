@@ -58,7 +58,8 @@ def one_run(checkout: Path, input_path: Path, work: Path, timeout: float) -> dic
                               text=True, timeout=timeout, check=False)
         code, stderr = proc.returncode, proc.stderr
     except subprocess.TimeoutExpired as exc:
-        code, stderr = "timeout", (exc.stderr or b"").decode(errors="replace") if isinstance(exc.stderr, bytes) else ""
+        partial = exc.stderr or ""  # what the run wrote before it was stopped (bytes, whatever text= says)
+        code, stderr = "timeout", partial.decode(errors="replace") if isinstance(partial, bytes) else partial
     return {"exit": code, "completed": " completed in " in stderr, "seconds": round(time.perf_counter() - start, 2),
             "stderr_tail": stderr[-2000:] if code != 0 else None}
 

@@ -179,25 +179,24 @@ def _started_here() -> bool:
 
 
 def _cpus_per_actor(first_actors: int, chosen: float | None) -> float:
-    """``chosen``, checked by :func:`_check_cpus_left`; None: 1, or on a local Ray this process started
-    with fewer than ``first_actors`` + 1 CPUs an equal share of all but one of them."""
-    if chosen is not None:
-        _check_cpus_left(first_actors, chosen)
-        return chosen
+    """CPUs each actor reserves: ``chosen``, else 1, or on a local Ray this process started with
+    fewer than ``first_actors`` + 1 CPUs an equal share of all but one of them; then checked by
+    :func:`_check_cpus_left` against the cluster."""
     cpus = _cluster_resources().get("CPU", 0.0)
-    if first_actors + 1 <= cpus or not _started_here():
-        return 1.0
-    share = max(cpus - 1, 0.0) / first_actors
-    log.info("the local Ray has %g CPU(s): each of the %d classify actor(s) reserves %.2g of them, so that one is "
-             "left for Ray Data's read and write tasks", cpus, first_actors, share)
-    return share
+    if chosen is None:
+        chosen = 1.0
+        if first_actors + 1 > cpus and _started_here():
+            chosen = max(cpus - 1, 0.0) / first_actors
+            log.info("the local Ray has %g CPU(s): each of the %d classify actor(s) reserves %.2g of them, so that "
+                     "one is left for Ray Data's read and write tasks", cpus, first_actors, chosen)
+    _check_cpus_left(first_actors, chosen, cpus)
+    return chosen
 
 
-def _check_cpus_left(first_actors: int, cpus_per_actor: float) -> None:
-    """Ray Data's read, split and write tasks need a CPU the actors have not reserved, or the run
-    waits forever with its actors idle.  An error on a cluster this process started (it cannot
-    grow), a WARNING on any other (an autoscaler may add nodes)."""
-    cpus = _cluster_resources().get("CPU", 0.0)
+def _check_cpus_left(first_actors: int, cpus_per_actor: float, cpus: float) -> None:
+    """Ray Data's read, split and write tasks need a CPU the actors have not reserved (of the
+    cluster's ``cpus``), or the run waits forever with its actors idle.  An error on a cluster this
+    process started (it cannot grow), a WARNING on any other (an autoscaler may add nodes)."""
     reserved = first_actors * cpus_per_actor
     if reserved + 1 <= cpus:
         return

@@ -118,11 +118,15 @@ def test_a_cluster_that_may_scale_up_gets_a_warning_not_an_error(monkeypatch, ca
 
     monkeypatch.setattr(ray_data, "_started_here", lambda: False)
     with caplog.at_level("WARNING", logger="soi_batch.ray_data"):
-        ray_data._check_cpus_left(2, 1.0)
+        assert ray_data._cpus_per_actor(2, 1.0) == 1.0
+    assert "reserve 2 of them" in caplog.text and "unless the cluster scales up" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="soi_batch.ray_data"):  # the default is 1 CPU there, warned alike
+        assert ray_data._cpus_per_actor(2, None) == 1.0
     assert "reserve 2 of them" in caplog.text and "unless the cluster scales up" in caplog.text
     monkeypatch.undo()
     assert ray_data._started_here()  # the session's Ray was started by this process
-    ray_data._check_cpus_left(1, 1.0)  # 1 of 2 reserved: room for reads
+    assert ray_data._cpus_per_actor(1, 1.0) == 1.0  # 1 of 2 reserved: room for reads
 
 
 @pytest.mark.parametrize("kwargs, match", [
