@@ -13,13 +13,11 @@ Everything else lives in the modules named in the README's "How the code is laid
 from __future__ import annotations
 
 from importlib import import_module
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-try:
-    __version__ = version("soi-batch")
-except PackageNotFoundError:  # a source tree that is not installed
-    __version__ = "0+unknown"
+from soi_batch.version import installed_version
+
+__version__ = installed_version()
 
 _PUBLIC: dict[str, str] = {
     "Classifier": "soi_batch.classifier",

@@ -5,22 +5,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from importlib.metadata import PackageNotFoundError, version
 
 from soi_batch.commands.options import add_logging_options, configure_logging
 from soi_batch.errors import ConcurrentWriteError, SoiError
 from soi_batch.named_models import DEFAULT_MODEL
+from soi_batch.version import installed_version
 
 COMMANDS = ("classify", "evaluate", "calibrate", "trends", "nightly", "package")
-
-
-def _version() -> str:
-    """The installed distribution's version (what ``soi_batch.__version__`` says; the package root is
-    not imported here: it re-exports every layer)."""
-    try:
-        return version("soi-batch")
-    except PackageNotFoundError:
-        return "0+unknown"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="soi-batch",
         description="Code accident reports with their OIICS v2.01 source of injury.",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()} (default model: {DEFAULT_MODEL})")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {installed_version()} (default model: {DEFAULT_MODEL})")
     add_logging_options(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:

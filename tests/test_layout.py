@@ -14,7 +14,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "soi_batch"
 
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("foundations", ("errors", "schema", "taxonomy", "prompt", "storage", "tables")),
+    ("foundations", ("errors", "schema", "taxonomy", "prompt", "storage", "tables", "version")),
     ("models", ("pretrained", "named_models", "bundle_files", "checkpoint", "bundle", "packaging", "datasets")),
     ("core", ("encoding", "engines", "scorer", "metrics", "classifier", "calibration")),
     ("runners", ("checks", "ray_data", "spark", "nightly")),
