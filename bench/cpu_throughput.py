@@ -48,8 +48,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from soi_batch.classifier import Classifier, ClassifierConfig
-from training.options import parse_overrides, route_overrides
 from soi_batch.datasets.osha import load_split
+from training.options import parse_overrides, route_overrides
 
 
 def bench_stage(model: str | None, texts: list[str], batch_size: int, beam: int,

@@ -237,7 +237,7 @@ def test_tokenizer_without_eos_is_refused_on_the_driver(bundle):
 def test_a_checked_bundle_is_not_checked_again_but_its_tokenizer_is(bundle, monkeypatch):
     """The CLI and the nightly job pass the ModelBundle their ``load_bundle`` made: ``model_for_workers``
     does not run ``load_bundle`` a second time, and still checks the tokenizer's label contract."""
-    import soi_batch.checks as checks
+    from soi_batch import checks
 
     checked = load_bundle(bundle)
     calls = []

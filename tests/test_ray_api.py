@@ -114,7 +114,7 @@ def test_actors_leave_a_cpu_for_reads_on_a_local_ray(tiny_bundle: Path, osha, ra
 
 def test_a_cluster_that_may_scale_up_gets_a_warning_not_an_error(monkeypatch, caplog, ray_local) -> None:
     """A cluster this process did not start (``ray.init(address=…)``) may add nodes: warned, not refused."""
-    import soi_batch.ray_data as ray_data
+    from soi_batch import ray_data
 
     monkeypatch.setattr(ray_data, "_started_here", lambda: False)
     with caplog.at_level("WARNING", logger="soi_batch.ray_data"):
